@@ -1,0 +1,47 @@
+"""`Retriever`: the extension point for text-to-image retrievers used as DiscriTune's judge."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+class Retriever(nn.Module):
+    """A frozen dual encoder that embeds captions and images in one space.
+
+    Subclasses implement `preprocess`, `encode_images` and `encode_texts` (both encoders return
+    L2-normalised embeddings) and expose `logit_scale`. Matching scores are
+    `logit_scale * text_embeds @ image_embeds.T`.
+
+    A retriever is frozen: call `self.freeze()` at the end of `__init__`; no parameter requires grad, and
+    `.train()` leaves it in eval mode.
+    """
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images (any mode) to the pixel tensor `encode_images` reads."""
+        raise NotImplementedError
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, C, H, W]` pixels to `[N, D]` L2-normalised image embeddings."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """`B` captions to `[B, D]` L2-normalised text embeddings."""
+        raise NotImplementedError
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """Temperature that turns cosine similarities into logits (100 for OpenAI CLIP)."""
+        raise NotImplementedError
+
+    def freeze(self) -> Retriever:
+        """Stop gradients to every parameter and switch to eval mode."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> Retriever:
+        # A retriever is a frozen judge: `Trainer` calling `.train()` on the whole model must not
+        # switch on dropout or batch-norm updates here.
+        return super().train(False)
