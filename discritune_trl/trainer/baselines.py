@@ -1,0 +1,45 @@
+"""REINFORCE baselines: what is subtracted from each caption's reward to reduce gradient variance.
+
+`advantage = reward - baseline`, with the baseline one of (Appendix B.1 of the paper, and RLOO):
+
+- `"mean"`: a running mean of past batch-mean rewards (paper default, as in EGG's `MeanBaseline`): the baseline
+  used at step t is the mean of the batch-mean rewards of steps 1..t-1 (0 at the first step), then step t's
+  batch mean is folded in: `b_t = b_{t-1} + (mean(r_t) - b_{t-1}) / t`. Under several processes the batch mean is
+  the global one, so every process holds the same baseline.
+- `"greedy"`: self-critical, the reward of the greedy caption of the same image.
+- `"loo"`: leave-one-out, the mean reward of the other `G - 1` captions of the same image.
+- `"none"`: no baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class RunningMeanBaseline:
+    """Running mean of past batch-mean rewards; part of the trainer state (saved and restored with checkpoints)."""
+
+    def __init__(self, mean: float = 0.0, count: int = 0):
+        self.mean = float(mean)
+        self.count = int(count)
+
+    def update(self, batch_mean_reward: float) -> None:
+        """Fold one step's (global) batch-mean reward into the running mean."""
+        self.count += 1
+        self.mean += (float(batch_mean_reward) - self.mean) / self.count
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.mean = float(state["mean"])
+        self.count = int(state["count"])
+
+
+def leave_one_out_baseline(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """`[B * G]` rewards (G consecutive per image) -> `[B * G]` mean reward of the other G - 1 captions."""
+    if num_generations < 2:
+        raise ValueError(f"The leave-one-out baseline needs num_generations >= 2, got {num_generations}.")
+    grouped = rewards.view(-1, num_generations)  # [B, G]
+    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (num_generations - 1)
+    return others_mean.reshape(-1)

@@ -1,0 +1,94 @@
+"""Turn dataset rows into the tensors a DiscriTune step reads, skipping images that cannot be decoded."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import torch
+from PIL import Image
+
+
+logger = logging.getLogger(__name__)
+
+INDEX_COLUMN = "_discritune_index"
+# Optional cached frozen-encoder outputs (see `docs/throughput.md`): when a row holds them, the collator passes
+# them on and no pixels are prepared for that model.
+POLICY_EMBEDS_COLUMN = "policy_image_embeds"
+RETRIEVER_EMBEDS_COLUMN = "retriever_image_embeds"
+
+
+def decode_image(value: Any) -> Image.Image:
+    """A `datasets.Image` value (decoded or not), a path or a PIL image, to a fully loaded PIL image."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str):
+        image = Image.open(value)
+    elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+        image = Image.open(source)
+    else:
+        raise TypeError(f"Cannot read an image from a {type(value).__name__}.")
+    image.load()  # truncated files fail here, not later inside the model
+    return image
+
+
+class DiscriTuneCollator:
+    """Collate dataset rows for `DiscriTuneTrainer`.
+
+    Each batch holds `image_index` (`[B]`, the rows' dataset indices, for logging), then for the policy either
+    `policy_image_embeds` (cached) or `policy_pixel_values`, and for the retriever either `retriever_image_embeds`
+    (cached) or `retriever_pixel_values`. Rows whose image cannot be decoded are dropped and counted in
+    `num_unreadable_images`: web datasets hold many broken files, and one must not stop an epoch.
+
+    Args:
+        policy: the captioner (implements `preprocess`).
+        reward_model: the `DiscriminativeRewardModel` (implements `preprocess`).
+        image_column: the dataset column holding the images.
+    """
+
+    def __init__(self, policy, reward_model, image_column: str = "image"):
+        self.policy = policy
+        self.reward_model = reward_model
+        self.image_column = image_column
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        images, kept = [], []
+        for row in rows:
+            try:
+                images.append(decode_image(row[self.image_column]))
+                kept.append(row)
+            except Exception as error:  # any decoding failure: skip the row, never the epoch
+                logger.warning("Skipping unreadable image (row %s): %s", row.get(INDEX_COLUMN, "?"), error)
+        batch: dict[str, Any] = {
+            "image_index": torch.tensor([row.get(INDEX_COLUMN, -1) for row in kept], dtype=torch.long),
+            "num_unreadable_images": torch.tensor(len(rows) - len(kept)),
+        }
+        if not kept:
+            return batch
+        if POLICY_EMBEDS_COLUMN in kept[0]:
+            batch[POLICY_EMBEDS_COLUMN] = torch.stack([torch.as_tensor(row[POLICY_EMBEDS_COLUMN]) for row in kept])
+        else:
+            batch["policy_pixel_values"] = self.policy.preprocess(images)
+        if RETRIEVER_EMBEDS_COLUMN in kept[0]:
+            batch[RETRIEVER_EMBEDS_COLUMN] = torch.stack(
+                [torch.as_tensor(row[RETRIEVER_EMBEDS_COLUMN]) for row in kept]
+            )
+        else:
+            batch["retriever_pixel_values"] = self.reward_model.preprocess(images)
+        return batch
+
+
+def policy_image_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The policy's image input of a collated batch: `{"image_embeds": ...}` or `{"pixel_values": ...}`."""
+    if POLICY_EMBEDS_COLUMN in batch:
+        return {"image_embeds": batch[POLICY_EMBEDS_COLUMN]}
+    return {"pixel_values": batch["policy_pixel_values"]}
+
+
+def retriever_image_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The retriever's image input of a collated batch: `{"image_embeds": ...}` or `{"pixel_values": ...}`."""
+    if RETRIEVER_EMBEDS_COLUMN in batch:
+        return {"image_embeds": batch[RETRIEVER_EMBEDS_COLUMN]}
+    return {"pixel_values": batch["retriever_pixel_values"]}

@@ -1,0 +1,200 @@
+"""`DiscriTuneConfig`: every DiscriTune knob as a documented `TrainingArguments` field, paper values as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+BASELINES = ("mean", "greedy", "loo", "none")
+TRAIN_DECODINGS = ("greedy", "sample", "beam")
+REWARD_TYPES = ("log_prob", "accuracy", "cosine")
+LOG_PROB_REDUCTIONS = ("mean", "sum")
+MAX_CLIP_CAPTION_TOKENS = 75  # CLIP reads 77 positions, two of which are its start and end tokens
+
+
+@dataclass
+class DiscriTuneConfig(TrainingArguments):
+    r"""
+    Configuration class for [`DiscriTuneTrainer`].
+
+    Only the parameters specific to DiscriTune are listed here; see [`~transformers.TrainingArguments`] for the rest.
+    Defaults reproduce the paper (Section 4.1 and Appendix B of Dessì et al., "Cross-Domain Image Captioning with
+    Discriminative Finetuning", CVPR 2023): Adam at a constant learning rate of 1e-7, batches of 100 images with
+    in-batch distractors, greedy decoding for training, beam search with 5 beams for evaluation, at most 40 new tokens
+    or the first full stop, a running-mean baseline and the log-probability reward. Using
+    [`~transformers.HfArgumentParser`] every field becomes a command-line flag.
+
+    Parameters:
+        > Parameters that control the data
+
+        image_column (`str`, *optional*, defaults to `"image"`):
+            Dataset column holding the images (a `datasets.Image` feature, PIL images or paths).
+        captions_column (`str`, *optional*, defaults to `"captions"`):
+            Dataset column with reference captions. Never used for training; only reported in evaluation.
+
+        > Parameters that control generation
+
+        max_new_tokens (`int`, *optional*, defaults to `40`):
+            Maximum number of caption tokens. Generation also stops at the first full stop or EOS. At most 75, the
+            number of tokens CLIP reads.
+        train_decoding (`str`, *optional*, defaults to `"greedy"`):
+            How training captions are decoded: `"greedy"` (paper), `"sample"` (with `temperature`, `top_k`,
+            `top_p`), or `"beam"` (`num_beams` beams, the paper's Table 8 setting for the greedy baseline).
+        num_generations (`int`, *optional*, defaults to `1`):
+            Captions generated per training image. More than one needs `train_decoding="sample"` (greedy captions
+            would be identical); `baseline="loo"` needs at least two.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature when `train_decoding="sample"`.
+        top_k (`int`, *optional*, defaults to `0`):
+            Top-k filtering when sampling; `0` disables it.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus filtering when sampling; `1.0` disables it.
+        num_beams (`int`, *optional*, defaults to `5`):
+            Beams for `train_decoding="beam"`.
+        eval_num_beams (`int`, *optional*, defaults to `5`):
+            Beams used to caption the evaluation set (paper: 5).
+
+        > Parameters that control the reward
+
+        reward_type (`str`, *optional*, defaults to `"log_prob"`):
+            `"log_prob"`: log-softmax probability the retriever gives the target among the candidates (paper);
+            `"accuracy"`: 1 if the target scores highest, else 0; `"cosine"`: cosine similarity of caption and target
+            only (CLIPScore-like, not discriminative). Used when the trainer builds the reward model itself; a
+            `DiscriminativeRewardModel` passed to the trainer keeps its own.
+        num_hard_negatives (`int`, *optional*, defaults to `0`):
+            Mined hard negatives appended to each target's candidates (Appendix D.2); needs a hard-negative bank in
+            the reward model.
+        hard_negative_similarity_ceiling (`float`, *optional*, defaults to `0.8`):
+            Bank images more similar than this to the target are treated as near-duplicates and skipped.
+
+        > Parameters that control the policy-gradient loss
+
+        baseline (`str`, *optional*, defaults to `"mean"`):
+            REINFORCE baseline: `"mean"` (running mean of past batch-mean rewards, paper), `"greedy"` (self-critical:
+            the reward of the greedy caption of the same image; needs `train_decoding` `"sample"` or `"beam"`),
+            `"loo"` (leave-one-out mean over the `num_generations` captions of the same image, as in RLOO), `"none"`.
+        log_prob_reduction (`str`, *optional*, defaults to `"mean"`):
+            How token log-probabilities make the caption's log-probability: `"mean"` (normalised by length, as the
+            public DiscriTune implementation) or `"sum"` (the sequence log-probability of REINFORCE's derivation).
+        kl_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of a KL penalty to the frozen initial policy (per-token k3 estimator). `0` keeps no reference model.
+        whiten_advantages (`bool`, *optional*, defaults to `False`):
+            Divide advantages by the batch reward standard deviation. Off in the paper.
+
+        > Parameters that control evaluation and logging
+
+        eval_num_candidates (`int`, *optional*, defaults to `100`):
+            Candidates per query for retrieval P@1 at evaluation: the target and `eval_num_candidates - 1` random
+            evaluation images drawn with `eval_seed` (paper: 100).
+        eval_seed (`int`, *optional*, defaults to `0`):
+            Seed of the evaluation distractor draw, fixed so evaluations are comparable.
+        num_sample_captions_to_log (`int`, *optional*, defaults to `4`):
+            Sample captions (with their images' dataset indices) written to the log and to
+            `<output_dir>/sample_captions.jsonl` at each logging step.
+    """
+
+    # Defaults that differ from TrainingArguments: the paper's optimisation setting.
+    learning_rate: float = field(default=1e-7, metadata={"help": "Adam learning rate (paper: 1e-7)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule (paper: constant)."})
+    per_device_train_batch_size: int = field(
+        default=100, metadata={"help": "Images per device and step; every image of the global batch is a candidate."}
+    )
+    per_device_eval_batch_size: int = field(default=100, metadata={"help": "Images per device when captioning."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep dataset columns: the collator picks the image column itself."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+
+    # > Data
+    image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
+    captions_column: str = field(
+        default="captions", metadata={"help": "Dataset column with reference captions (evaluation only)."}
+    )
+
+    # > Generation
+    max_new_tokens: int = field(default=40, metadata={"help": "Maximum caption tokens (<= 75)."})
+    train_decoding: str = field(
+        default="greedy", metadata={"help": "Training decoding: greedy | sample | beam.", "choices": TRAIN_DECODINGS}
+    )
+    num_generations: int = field(default=1, metadata={"help": "Captions generated per training image."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_k: int = field(default=0, metadata={"help": "Top-k filtering when sampling (0: off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering when sampling (1.0: off)."})
+    num_beams: int = field(default=5, metadata={"help": "Beams for train_decoding='beam'."})
+    eval_num_beams: int = field(default=5, metadata={"help": "Beams when captioning the evaluation set."})
+
+    # > Reward
+    reward_type: str = field(
+        default="log_prob", metadata={"help": "log_prob | accuracy | cosine.", "choices": REWARD_TYPES}
+    )
+    num_hard_negatives: int = field(default=0, metadata={"help": "Mined hard negatives per target."})
+    hard_negative_similarity_ceiling: float = field(
+        default=0.8, metadata={"help": "Skip bank images more similar than this (near-duplicates)."}
+    )
+
+    # > Loss
+    baseline: str = field(
+        default="mean", metadata={"help": "REINFORCE baseline: mean | greedy | loo | none.", "choices": BASELINES}
+    )
+    log_prob_reduction: str = field(
+        default="mean",
+        metadata={"help": "Caption log-prob: mean (length-normalised) | sum.", "choices": LOG_PROB_REDUCTIONS},
+    )
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty weight to the frozen initial policy."})
+    whiten_advantages: bool = field(default=False, metadata={"help": "Divide advantages by the reward std."})
+
+    # > Evaluation and logging
+    eval_num_candidates: int = field(default=100, metadata={"help": "Candidates per query for eval P@1."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the eval distractor draw."})
+    num_sample_captions_to_log: int = field(default=4, metadata={"help": "Sample captions logged per log step."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_choice("train_decoding", TRAIN_DECODINGS)
+        self._check_choice("baseline", BASELINES)
+        self._check_choice("reward_type", REWARD_TYPES)
+        self._check_choice("log_prob_reduction", LOG_PROB_REDUCTIONS)
+        if not 1 <= self.max_new_tokens <= MAX_CLIP_CAPTION_TOKENS:
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} must be between 1 and {MAX_CLIP_CAPTION_TOKENS}: CLIP reads "
+                "at most 75 caption tokens (paper: 40)."
+            )
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations={self.num_generations} must be >= 1.")
+        if self.num_generations > 1 and self.train_decoding != "sample":
+            raise ValueError(
+                f"num_generations={self.num_generations} with train_decoding={self.train_decoding!r} would repeat "
+                "the same caption; set train_decoding='sample' or num_generations=1."
+            )
+        if self.baseline == "loo" and self.num_generations < 2:
+            raise ValueError(
+                "baseline='loo' averages the other captions of the same image and needs num_generations >= 2 "
+                f"(got {self.num_generations}); set num_generations=2 or more with train_decoding='sample'."
+            )
+        if self.baseline == "greedy" and self.train_decoding == "greedy":
+            raise ValueError(
+                "baseline='greedy' (self-critical) compares each caption with the greedy one, which is the training "
+                "caption itself under train_decoding='greedy'; use train_decoding='sample' or 'beam', or "
+                "baseline='mean'."
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1].")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k).")
+        if self.num_beams < 1 or self.eval_num_beams < 1:
+            raise ValueError(f"num_beams={self.num_beams} and eval_num_beams={self.eval_num_beams} must be >= 1.")
+        if self.num_hard_negatives < 0:
+            raise ValueError(f"num_hard_negatives={self.num_hard_negatives} must be >= 0.")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef={self.kl_coef} must be >= 0.")
+        if self.eval_num_candidates < 2:
+            raise ValueError(f"eval_num_candidates={self.eval_num_candidates} must be >= 2 (target + distractors).")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not one of {choices}.")

@@ -1,0 +1,406 @@
+"""`DiscriTuneTrainer`: REINFORCE fine-tuning of a captioner against a frozen retriever's judgement."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections import defaultdict
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..models.policy import reduce_token_log_probs
+from .baselines import RunningMeanBaseline, leave_one_out_baseline
+from .collator import INDEX_COLUMN, DiscriTuneCollator, policy_image_inputs, retriever_image_inputs
+from .discritune_config import DiscriTuneConfig
+from .model_card import write_model_card
+
+
+logger = logging.getLogger(__name__)
+
+BASELINE_STATE_NAME = "discritune_baseline.json"
+SAMPLE_CAPTIONS_NAME = "sample_captions.jsonl"
+
+
+class DiscriTuneTrainer(Trainer):
+    """Fine-tune an image captioner so that a frozen retriever finds the captioned image (DiscriTune).
+
+    One training step (see `compute_loss`): caption the batch without gradients, let the reward model score each
+    caption against every image of the global batch, subtract the baseline, and minimise
+    `-mean(advantage * log p(caption | image))` (+ `kl_coef` * KL to the initial policy).
+
+    Args:
+        model: the captioner, any `PreTrainedModel` implementing `CaptioningPolicy` (e.g. `ClipCapPolicy`).
+        reward_model: a `DiscriminativeRewardModel`, or a bare `Retriever` (then wrapped with the config's
+            `reward_type`, `num_hard_negatives` and `hard_negative_similarity_ceiling`).
+        args: a `DiscriTuneConfig`; defaults to the paper's settings with `output_dir="discritune-output"`.
+        train_dataset: a `datasets.Dataset` with an image column (`args.image_column`).
+        eval_dataset: images to evaluate retrieval P@1 on.
+        processing_class: the policy's tokenizer or processor, saved beside checkpoints; defaults to the policy's
+            own `tokenizer`/`processor` attribute when it has one.
+        data_collator: defaults to `DiscriTuneCollator`.
+        callbacks, optimizers: as in `transformers.Trainer`.
+        peft_config: a `peft.PeftConfig`; the policy is wrapped with `peft.get_peft_model` and only adapters train.
+    """
+
+    _tag_names = ["trl", "discritune", "image-captioning", "reinforce"]
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reward_model: nn.Module,
+        args: DiscriTuneConfig | None = None,
+        train_dataset: datasets.Dataset | None = None,
+        eval_dataset: datasets.Dataset | None = None,
+        processing_class: Any | None = None,
+        data_collator: Any | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        peft_config: Any | None = None,
+    ):
+        if args is None:
+            args = DiscriTuneConfig(output_dir="discritune-output")
+        if not isinstance(args, DiscriTuneConfig):
+            raise TypeError(f"args must be a DiscriTuneConfig, got {type(args).__name__}.")
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        self.reward_model = _as_reward_model(reward_model, args)
+        self.ref_model = _frozen_reference(model) if args.kl_coef > 0 and peft_config is None else None
+        train_dataset = _prepare_dataset(train_dataset, args.image_column, "train_dataset")
+        eval_dataset = _prepare_dataset(eval_dataset, args.image_column, "eval_dataset")
+        if processing_class is None:
+            processing_class = getattr(model, "tokenizer", None) or getattr(model, "processor", None)
+        if data_collator is None:
+            data_collator = DiscriTuneCollator(model, self.reward_model, image_column=args.image_column)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self._check_distractors()
+        self.reward_model.to(self.accelerator.device)
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+        self.running_mean = RunningMeanBaseline()
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._sample_captions: list[dict[str, Any]] = []
+        self._num_unreadable_images = 0
+
+    # Trainer divides our per-batch mean loss by the gradient-accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    # ------------------------------------------------------------------ the step
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One DiscriTune step: generate -> reward -> baseline -> log-probs -> loss."""
+        self._num_unreadable_images += int(inputs.pop("num_unreadable_images", 0))
+        policy = self.accelerator.unwrap_model(model)
+        image_inputs = policy_image_inputs(inputs)
+        captions = self._generate(policy, image_inputs)
+        rewards = self._reward(captions.texts, inputs)
+        advantages = self._advantages(rewards, policy, image_inputs, inputs)
+        token_log_probs = self._token_log_probs(model, captions, image_inputs)
+        log_probs = reduce_token_log_probs(token_log_probs, captions.caption_mask, self.args.log_prob_reduction)
+        loss = -(advantages * log_probs).mean()
+        if self.args.kl_coef > 0:
+            kl = self._kl(policy, captions, image_inputs, token_log_probs)
+            loss = loss + self.args.kl_coef * kl
+        self._record_captions(captions, inputs["image_index"])
+        return (loss, captions) if return_outputs else loss
+
+    def _generate(self, policy, image_inputs: dict[str, torch.Tensor]):
+        """Training captions, without gradients: greedy (paper), sampled, or beam search."""
+        decoding = self.args.train_decoding
+        kwargs = {"max_new_tokens": self.args.max_new_tokens}
+        if decoding == "sample":
+            kwargs.update(
+                do_sample=True,
+                temperature=self.args.temperature,
+                top_k=self.args.top_k,
+                top_p=self.args.top_p,
+                num_return_sequences=self.args.num_generations,
+            )
+        elif decoding == "beam":
+            kwargs.update(num_beams=self.args.num_beams)
+        return self._caption(policy, image_inputs, **kwargs)
+
+    def _caption(self, policy, image_inputs: dict[str, torch.Tensor], **generation_kwargs):
+        was_training = policy.training
+        policy.eval()  # no dropout while captioning: the sampled caption is the policy's own
+        with torch.no_grad(), self.accelerator.autocast():
+            captions = policy.generate_captions(**image_inputs, **generation_kwargs)
+        policy.train(was_training)
+        return captions
+
+    def _reward(self, texts: list[str], inputs: dict[str, Any]) -> torch.Tensor:
+        """Rewards `[B * G]` of the captions; candidates are the images of the global batch."""
+        with torch.no_grad():
+            output = self.reward_model(texts, **retriever_image_inputs(inputs))
+        rewards = output.rewards.float()
+        if not torch.isfinite(rewards).all():
+            bad = [texts[i] for i in torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:3]]
+            raise FloatingPointError(
+                f"Non-finite reward at training step {self.state.global_step + 1} (captions: {bad}). Training "
+                "stopped before this step's update, so no checkpoint holds it; the last saved checkpoint is intact. "
+                "Check the retriever's embeddings, or lower the learning rate if the policy diverged."
+            )
+        self._log_metric("reward/mean", self._global_mean(rewards))
+        self._log_metric("reward/std", self.accelerator.gather(rewards).std().item() if rewards.numel() > 1 else 0.0)
+        self._log_metric("retrieval/accuracy", self._global_mean(output.accuracy.float()))
+        return rewards
+
+    def _advantages(self, rewards, policy, image_inputs, inputs) -> torch.Tensor:
+        """`reward - baseline` for each caption, per `args.baseline`."""
+        kind = self.args.baseline
+        if kind == "mean":
+            baseline = torch.full_like(rewards, self.running_mean.mean)
+            self.running_mean.update(self._global_mean(rewards))
+        elif kind == "greedy":
+            greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_new_tokens)
+            with torch.no_grad():
+                baseline = self.reward_model(greedy.texts, **retriever_image_inputs(inputs)).rewards.float()
+            baseline = baseline.repeat_interleave(rewards.numel() // baseline.numel())
+        elif kind == "loo":
+            baseline = leave_one_out_baseline(rewards, self.args.num_generations)
+        else:
+            baseline = torch.zeros_like(rewards)
+        advantages = rewards - baseline
+        if self.args.whiten_advantages:
+            advantages = advantages / (self.accelerator.gather(rewards).std() + 1e-6)
+        self._log_metric("baseline", self._global_mean(baseline))
+        self._log_metric("advantage/mean", self._global_mean(advantages))
+        return advantages.detach()
+
+    def _token_log_probs(self, model, captions, image_inputs) -> torch.Tensor:
+        """`[B * G, T]` teacher-forced token log-probs with gradients, through `model`'s forward so that
+        DDP/FSDP/DeepSpeed see the pass."""
+        return model(
+            **image_inputs,
+            caption_ids=captions.sequences,
+            caption_mask=captions.caption_mask,
+            log_prob_reduction="none",
+        )
+
+    def _kl(self, policy, captions, image_inputs, token_log_probs) -> torch.Tensor:
+        """Mean per-token KL to the initial policy (k3 estimator, always >= 0) on the generated tokens."""
+        with torch.no_grad():
+            if self.ref_model is not None:
+                ref_log_probs = self.ref_model(
+                    **image_inputs,
+                    caption_ids=captions.sequences,
+                    caption_mask=captions.caption_mask,
+                    log_prob_reduction="none",
+                )
+            else:  # PEFT: the reference is the base model with the adapters switched off
+                with policy.disable_adapter():
+                    ref_log_probs = policy(
+                        **image_inputs,
+                        caption_ids=captions.sequences,
+                        caption_mask=captions.caption_mask,
+                        log_prob_reduction="none",
+                    )
+        mask = captions.caption_mask.to(token_log_probs.dtype)
+        delta = (ref_log_probs - token_log_probs) * mask
+        per_token_kl = torch.exp(delta) - delta - 1
+        kl = (per_token_kl * mask).sum() / mask.sum().clamp(min=1.0)
+        self._log_metric("kl", self._global_mean(kl.detach().reshape(1)))
+        return kl
+
+    # ------------------------------------------------------------------ logging
+
+    def _global_mean(self, values: torch.Tensor) -> float:
+        return self.accelerator.gather(values.detach().float().reshape(-1)).mean().item()
+
+    def _log_metric(self, name: str, value: float) -> None:
+        self._metrics[name].append(value)
+
+    def _record_captions(self, captions, image_index: torch.Tensor) -> None:
+        lengths = captions.caption_mask.sum(dim=1).float()
+        self._log_metric("caption/mean_length", self._global_mean(lengths))
+        self._log_metric("caption/stopped_fraction", self._global_mean(captions.stopped.float()))
+        repeats = len(captions.texts) // max(1, image_index.numel())
+        indices = image_index.repeat_interleave(repeats).tolist()
+        count = self.args.num_sample_captions_to_log
+        self._sample_captions = [
+            {"step": self.state.global_step + 1, "image_index": index, "caption": text}
+            for index, text in zip(indices[:count], captions.texts[:count])
+        ]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the DiscriTune metrics averaged since the last log, and write sample captions."""
+        if self._metrics and "loss" in logs:
+            logs.update({name: sum(values) / len(values) for name, values in self._metrics.items()})
+            logs["data/unreadable_images"] = float(self._num_unreadable_images)
+            self._metrics.clear()
+            self._write_sample_captions()
+        super().log(logs, start_time)
+
+    def _write_sample_captions(self) -> None:
+        if not self._sample_captions or not self.is_world_process_zero():
+            return
+        lines = "\n".join(f"  [{s['image_index']}] {s['caption']}" for s in self._sample_captions)
+        logger.info("Sample captions at step %d:\n%s", self.state.global_step, lines)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, SAMPLE_CAPTIONS_NAME), "a") as handle:
+            for sample in self._sample_captions:
+                handle.write(json.dumps(sample) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def caption_dataset(
+        self, dataset: datasets.Dataset, num_beams: int | None = None, description: str = "Captioning"
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Caption every image of `dataset` (beam search, `eval_num_beams` by default) on all processes.
+
+        Returns:
+            `(captions, text_embeds [N, D], image_embeds [N, D])` in dataset order, the embeddings from the
+            reward model's retriever, gathered from every process.
+        """
+        dataset = _prepare_dataset(dataset, self.args.image_column, "dataset")
+        dataloader = self.get_eval_dataloader(dataset)
+        policy = self.accelerator.unwrap_model(self.model)
+        num_beams = self.args.eval_num_beams if num_beams is None else num_beams
+        texts, text_embeds, image_embeds = [], [], []
+        progress = tqdm(dataloader, desc=description, disable=not self.is_local_process_zero())
+        for batch in progress:
+            batch = self._prepare_inputs(batch)
+            captions = self._caption(
+                policy, policy_image_inputs(batch), num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
+            )
+            with torch.no_grad():
+                text_embeds.append(self.reward_model.encode_texts(captions.texts).float())
+                image_embeds.append(self.reward_model.image_embeddings(**retriever_image_inputs(batch)).float())
+            texts.extend(captions.texts)
+        text_embeds = self.accelerator.gather_for_metrics(torch.cat(text_embeds))
+        image_embeds = self.accelerator.gather_for_metrics(torch.cat(image_embeds))
+        texts = self.accelerator.gather_for_metrics(texts, use_gather_object=True)
+        return texts, text_embeds, image_embeds
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Caption `eval_dataset` with beam search and report retrieval P@1 among `eval_num_candidates`
+        candidates (the target and random evaluation images drawn with `eval_seed`: the paper's protocol)."""
+        from ..evaluation.retrieval import precision_at_1
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval_dataset: pass one here or to the trainer.")
+        texts, text_embeds, image_embeds = self.caption_dataset(dataset, description="Evaluating")
+        num_candidates = min(self.args.eval_num_candidates, len(texts))
+        if num_candidates < self.args.eval_num_candidates:
+            logger.warning(
+                "eval_dataset has %d images, fewer than eval_num_candidates=%d; P@1 uses %d candidates.",
+                len(texts),
+                self.args.eval_num_candidates,
+                num_candidates,
+            )
+        p_at_1 = precision_at_1(text_embeds, image_embeds, num_candidates=num_candidates, seed=self.args.eval_seed)
+        metrics = {
+            f"{metric_key_prefix}_p_at_1": 100.0 * p_at_1,
+            f"{metric_key_prefix}_num_candidates": float(num_candidates),
+            f"{metric_key_prefix}_caption_mean_words": sum(len(t.split()) for t in texts) / max(1, len(texts)),
+            f"{metric_key_prefix}_empty_captions": float(sum(not t.strip() for t in texts)),
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints and the Hub
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, BASELINE_STATE_NAME), "w") as handle:
+                json.dump(self.running_mean.state_dict(), handle)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, also restoring the running-mean baseline when resuming from a checkpoint."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            path = os.path.join(checkpoint, BASELINE_STATE_NAME)
+            if os.path.isfile(path):
+                with open(path) as handle:
+                    self.running_mean.load_state_dict(json.load(handle))
+            else:
+                logger.warning("%s has no %s; the running-mean baseline restarts at 0.", checkpoint, path)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
+        """Write `README.md` in `output_dir`: base model, retriever, data, hyper-parameters, metrics, citation."""
+        if not self.is_world_process_zero():
+            return
+        write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=self._tag_names)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.is_world_process_zero():
+            write_model_card(self, output_dir=output_dir or self.args.output_dir, tags=self._tag_names)
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_distractors(self) -> None:
+        global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
+        has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0
+        if global_batch < 2 and not has_bank:
+            raise ValueError(
+                f"per_device_train_batch_size={self.args.per_device_train_batch_size} on "
+                f"{self.accelerator.num_processes} process(es) leaves no in-batch distractors; use >= 2 images "
+                "per step or give the reward model a hard-negative bank with num_hard_negatives > 0."
+            )
+
+
+def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig) -> nn.Module:
+    from ..retrievers.base import Retriever
+    from ..rewards import DiscriminativeRewardModel
+
+    if isinstance(reward_model, Retriever) or isinstance(reward_model, (list, tuple)):
+        return DiscriminativeRewardModel(
+            reward_model,
+            reward_type=args.reward_type,
+            num_hard_negatives=args.num_hard_negatives,
+            similarity_ceiling=args.hard_negative_similarity_ceiling,
+        )
+    if reward_model is None or not callable(reward_model):
+        raise TypeError(
+            f"reward_model must be a DiscriminativeRewardModel or a Retriever, got {type(reward_model).__name__}."
+        )
+    return reward_model
+
+
+def _frozen_reference(model: nn.Module) -> nn.Module:
+    reference = copy.deepcopy(model)
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    return reference.eval()
+
+
+def _prepare_dataset(dataset, image_column: str, name: str):
+    """Check the image column, read images lazily (so broken files are skipped, not fatal) and add row indices."""
+    if dataset is None or not isinstance(dataset, datasets.Dataset):
+        return dataset
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"{name} has no column {image_column!r}; its columns are {dataset.column_names}. "
+            "Set image_column (--image_column) to the one holding the images."
+        )
+    if isinstance(dataset.features[image_column], datasets.Image) and dataset.features[image_column].decode:
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    if INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    return dataset

@@ -1,0 +1,127 @@
+"""The model card written next to a DiscriTune-finetuned policy (and pushed to the Hub with it)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from huggingface_hub import ModelCard
+
+
+CITATION = """@inproceedings{dessi2023discritune,
+  title     = {Cross-Domain Image Captioning with Discriminative Finetuning},
+  author    = {Dess{\\`i}, Roberto and Bevilacqua, Michele and Gualdoni, Eleonora and Carraz Rakotonirina, Nathana{\\"e}l
+               and Franzon, Francesca and Baroni, Marco},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023}
+}"""
+
+HYPERPARAMETERS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "num_train_epochs",
+    "max_new_tokens",
+    "train_decoding",
+    "num_generations",
+    "baseline",
+    "reward_type",
+    "num_hard_negatives",
+    "log_prob_reduction",
+    "kl_coef",
+    "eval_num_beams",
+    "eval_num_candidates",
+    "seed",
+)
+
+
+def _describe(module) -> str:
+    config = getattr(module, "config", None)
+    name = getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", "")
+    return f"`{name}` ({type(module).__name__})" if name else f"`{type(module).__name__}`"
+
+
+def write_model_card(
+    trainer,
+    output_dir: str | None = None,
+    model_name: str | None = None,
+    dataset_name: str | None = None,
+    tags: list[str] | None = None,
+) -> str:
+    """Write `README.md` for the trained policy into `output_dir` (default: the trainer's) and return its path."""
+    args = trainer.args
+    output_dir = output_dir or args.output_dir
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    retriever = getattr(trainer.reward_model, "retriever", trainer.reward_model)
+    hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if hasattr(args, name)}
+    final_metrics = {
+        key: value for entry in trainer.state.log_history for key, value in entry.items() if key.startswith("eval_")
+    }
+    dataset_line = dataset_name or getattr(getattr(trainer.train_dataset, "info", None), "dataset_name", None)
+    front_matter = {
+        "library_name": "discritune-trl",
+        "pipeline_tag": "image-to-text",
+        "tags": sorted(set(tags or []) | {"discritune"}),
+    }
+    card = f"""---
+{_yaml(front_matter)}
+---
+
+# {model_name or os.path.basename(os.path.abspath(output_dir))}
+
+An image captioner fine-tuned with **DiscriTune** (discriminative fine-tuning with REINFORCE): a frozen
+text-to-image retriever reads each generated caption and must pick its image out of the other images of the
+batch; the captioner is rewarded for captions that let it. No human captions were used for training.
+
+- **Base captioner:** {_describe(policy)}
+- **Retriever (frozen judge):** {_describe(retriever)}
+- **Training data:** {dataset_line or "images of the trainer's `train_dataset`"}
+- **Trained with:** [discritune-trl](https://pypi.org/project/discritune-trl/) `DiscriTuneTrainer`
+
+## Hyper-parameters
+
+```json
+{json.dumps(hyperparameters, indent=2, default=str)}
+```
+
+## Final metrics
+
+```json
+{json.dumps(final_metrics, indent=2, default=str) if final_metrics else "{}  (no evaluation was run)"}
+```
+
+`eval_p_at_1` is the paper's retrieval precision at 1: the frozen retriever reads the beam-search caption and
+ranks the target among `eval_num_candidates` images.
+
+## Usage
+
+```python
+from discritune_trl import {type(policy).__name__}
+
+policy = {type(policy).__name__}.from_pretrained("{model_name or output_dir}")
+captions = policy.generate_captions(pixel_values=policy.preprocess(images), num_beams=5).texts
+```
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "README.md")
+    ModelCard(card).save(path)
+    return path
+
+
+def _yaml(mapping: dict) -> str:
+    lines = []
+    for key, value in mapping.items():
+        if isinstance(value, list):
+            lines.append(f"{key}:")
+            lines.extend(f"- {item}" for item in value)
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
