@@ -122,7 +122,7 @@ class DiscriminativeRewardModel(nn.Module):
         self.similarity_ceiling = similarity_ceiling
         self.gather_across_processes = gather_across_processes
         self.multi_retriever = multi_retriever
-        self.active_retriever: Retriever | None = None  # set while `compute_rewards` runs
+        self._active_index: int | None = None  # set while `compute_rewards` runs
         self._num_calls = 0
         self._register_banks(hard_negative_bank)
 
@@ -166,6 +166,11 @@ class DiscriminativeRewardModel(nn.Module):
     def retriever(self) -> Retriever:
         """The first (or only) retriever."""
         return self.retrievers[0]
+
+    @property
+    def active_retriever(self) -> Retriever | None:
+        """While `compute_rewards` runs: the retriever that produced its `logits`; otherwise `None`."""
+        return None if self._active_index is None else self.retrievers[self._active_index]
 
     @property
     def is_multi_retriever(self) -> bool:
@@ -284,11 +289,11 @@ class DiscriminativeRewardModel(nn.Module):
             logits = torch.cat([logits, logit_scale * hard_logits], dim=1)  # [B, N + k]
         targets = local_targets + offset
 
-        self.active_retriever = retriever
+        self._active_index = retriever_index
         try:
             rewards = self.compute_rewards(logits, targets)
         finally:
-            self.active_retriever = None
+            self._active_index = None
         return RewardOutput(
             rewards=rewards, logits=logits, accuracy=retrieval_accuracy(logits, targets), target_indices=targets
         )
