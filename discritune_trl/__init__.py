@@ -3,12 +3,17 @@
 __version__ = "0.1.0.dev0"
 
 from .models.policy import CaptioningPolicy, CaptionOutput
-from .retrievers.base import Retriever
+from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
+from .rewards import DiscriminativeRewardModel, RewardOutput
 
 
 __all__ = [
     "CaptionOutput",
     "CaptioningPolicy",
+    "DiscriminativeRewardModel",
+    "OpenCLIPRetriever",
     "Retriever",
+    "RewardOutput",
+    "TransformersCLIPRetriever",
     "__version__",
 ]

@@ -16,7 +16,15 @@ class Retriever(nn.Module):
 
     A retriever is frozen: call `self.freeze()` at the end of `__init__`; no parameter requires grad, and
     `.train()` leaves it in eval mode.
+
+    Attributes:
+        embed_dim (`int` or `None`): size `D` of the shared embedding space, when known. Optional; the reward
+            model uses it to reject a hard-negative bank of the wrong size before the first step.
+
+    `examples/custom_retriever.py` writes one from scratch in a few lines; `docs/rewards.md` explains the contract.
     """
+
+    embed_dim: int | None = None
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images (any mode) to the pixel tensor `encode_images` reads."""
@@ -40,6 +48,15 @@ class Retriever(nn.Module):
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the retriever's first parameter or buffer (CPU for a retriever without either)."""
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
 
     def train(self, mode: bool = True) -> Retriever:
         # A retriever is a frozen judge: `Trainer` calling `.train()` on the whole model must not

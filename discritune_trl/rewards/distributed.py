@@ -1,0 +1,40 @@
+"""Gather the candidate images of every process, so that 4 processes x 25 images act as one batch of 100."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def process_rank_and_count() -> tuple[int, int]:
+    """`(rank, world_size)` of `torch.distributed` (which `accelerate` initialises), or `(0, 1)` without it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def gather_rows(local_rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate every process's `[n_rank, ...]` rows in rank order; processes may hold different `n_rank`.
+
+    Works with any `torch.distributed` backend (gloo on CPU, NCCL on GPU with the rows on this process's GPU).
+    Every process must call it, with rows of the same trailing shape and dtype.
+
+    Returns:
+        `(all_rows, offset)`: `all_rows` is `[sum(n_rank), ...]`; this process's rows start at `offset`.
+    """
+    rank, world_size = process_rank_and_count()
+    if world_size == 1:
+        return local_rows, 0
+    local_rows = local_rows.contiguous()
+    size = torch.tensor([local_rows.shape[0]], device=local_rows.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    # all_gather needs equal shapes: pad every process to the largest, then drop the padding.
+    padded = local_rows.new_zeros((max(sizes), *local_rows.shape[1:]))
+    padded[: local_rows.shape[0]] = local_rows
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    all_rows = torch.cat([rows[:n] for rows, n in zip(gathered, sizes)])
+    return all_rows, sum(sizes[:rank])
