@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from transformers import GPT2LMHeadModel
 
 from discritune_trl import ClipCapPolicy
-from discritune_trl.testing.clipcap import tiny_clipcap_policy
+from discritune_trl.testing.clipcap import (
+    TINY_OPEN_CLIP_CFG,
+    tiny_clipcap_config,
+    tiny_clipcap_policy,
+    tiny_clipcap_tokenizer,
+)
+from discritune_trl.utils.open_clip_utils import build_open_clip
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +205,29 @@ def test_bad_inputs_raise_clear_errors(policy, pixel_values):
         policy.caption_log_probs(torch.ones(4, 2, dtype=torch.long), torch.ones(4, 2), pixel_values[:3])
     with pytest.raises(ValueError, match="reduction='max'"):
         policy.caption_log_probs(torch.ones(6, 2, dtype=torch.long), torch.ones(6, 2), pixel_values, reduction="max")
+
+
+def test_encoder_weights_come_from_a_local_open_clip_checkpoint(tmp_path):
+    clip_model, _, _ = build_open_clip(model_cfg=TINY_OPEN_CLIP_CFG)
+    torch.save({"state_dict": clip_model.state_dict()}, tmp_path / "clip.pt")
+    tokenizer = tiny_clipcap_tokenizer()
+    config = tiny_clipcap_config(tokenizer, clip_checkpoint_path=str(tmp_path / "clip.pt"))
+    policy = ClipCapPolicy.from_pretrained_components(config, tokenizer=tokenizer)
+    for name, weight in clip_model.visual.state_dict().items():
+        assert torch.equal(policy.visual.state_dict()[name], weight), name
+    pixel_values = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(policy.encode_images(pixel_values), clip_model.encode_image(pixel_values))
+    with pytest.raises(ValueError, match="names no encoder weights"):
+        tiny_clipcap_policy().load_encoder_weights()
+
+
+def test_language_model_and_tokenizer_come_from_a_pretrained_gpt2_folder(tmp_path):
+    tokenizer = tiny_clipcap_tokenizer()
+    config = tiny_clipcap_config(tokenizer)
+    gpt2 = GPT2LMHeadModel(config.text_config)
+    gpt2.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    policy = ClipCapPolicy.from_pretrained_components(config, language_model_name_or_path=tmp_path)
+    for name, weight in gpt2.state_dict().items():
+        assert torch.equal(policy.language_model.state_dict()[name], weight), name
+    assert policy.tokenizer.convert_tokens_to_ids(".") == tokenizer.convert_tokens_to_ids(".")
