@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
+from .models.clipcap import ClipCapConfig, ClipCapPolicy
 from .models.policy import CaptioningPolicy, CaptionOutput
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
 from .rewards import DiscriminativeRewardModel, RewardOutput
@@ -9,6 +10,8 @@ from .rewards import DiscriminativeRewardModel, RewardOutput
 
 __all__ = [
     "CaptionOutput",
+    "ClipCapConfig",
+    "ClipCapPolicy",
     "CaptioningPolicy",
     "DiscriminativeRewardModel",
     "OpenCLIPRetriever",

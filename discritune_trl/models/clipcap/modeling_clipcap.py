@@ -1,0 +1,458 @@
+"""`ClipCapPolicy`: frozen open_clip image encoder -> trainable mapper -> GPT-2 prefix language model.
+
+ClipCap (Mokady et al., 2021) maps a CLIP image embedding to `prefix_length` GPT-2 input embeddings; GPT-2
+then writes the caption after this soft prompt. DiscriTune fine-tunes the mapper and GPT-2; the encoder stays
+frozen, so its output (`image_embeds`) can be computed once per image and passed back instead of pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import open_clip
+import torch
+from PIL import Image
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import logging
+
+from ...utils.open_clip_utils import build_open_clip
+from ..policy import (
+    CaptioningPolicy,
+    CaptionOutput,
+    full_stop_token_ids,
+    reduce_token_log_probs,
+    to_rgb,
+    truncate_at_stop,
+)
+from .configuration_clipcap import ClipCapConfig
+from .mappers import build_mapper
+
+
+logger = logging.get_logger(__name__)
+
+# CLIP's text encoder reads 77 positions, two of which are its start and end tokens.
+MAX_CAPTION_TOKENS = 75
+
+
+class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
+    """ClipCap as a DiscriTune policy: `visual` (frozen open_clip vision tower) -> `mapper` -> `language_model`.
+
+    Build it with:
+
+    - `ClipCapPolicy.from_original_checkpoint(path, ...)`: the `.pt` files published with ClipCap;
+    - `ClipCapPolicy.from_pretrained(folder_or_repo)`: a policy saved with `save_pretrained` (offline when
+      local: the encoder's architecture is in `config.json`, its weights in `model.safetensors`, the tokenizer
+      and image transform settings next to them);
+    - `ClipCapPolicy.from_pretrained_components(config, ...)`: a new ClipCap (random mapper) on pretrained
+      encoder weights and, optionally, a pretrained GPT-2, as ClipCap training starts;
+    - `ClipCapPolicy(config, tokenizer=...)`: random weights everywhere (tests, the embedded world).
+
+    Args:
+        config ([`ClipCapConfig`]): the architecture.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): GPT-2's tokenizer (any tokenizer with an EOS token
+            and a vocabulary matching `config.text_config.vocab_size`); needed to decode captions.
+
+    The encoder is frozen: its parameters never require grad and `.train()` leaves it in eval mode.
+    `config.freeze_mapper` / `config.freeze_language_model` freeze the other two parts.
+    """
+
+    config_class = ClipCapConfig
+    base_model_prefix = "clipcap"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["GPT2Block"]
+
+    def __init__(self, config: ClipCapConfig, tokenizer: Any | None = None):
+        super().__init__(config)
+        # Only the vision tower is kept; for open_clip ViTs and ResNets it includes the final projection,
+        # so `visual(pixels)` is what `CLIP.encode_image` returns (unnormalised).
+        clip_model, _, _ = build_open_clip(model_cfg=config.clip_model_cfg)
+        self.visual = clip_model.visual
+        self.mapper = build_mapper(config)
+        self.language_model = GPT2LMHeadModel(config.text_config)
+        preprocess_cfg = config.clip_preprocess_cfg
+        self.image_transform = open_clip.image_transform(
+            preprocess_cfg["size"],
+            is_train=False,
+            mean=tuple(preprocess_cfg["mean"]),
+            std=tuple(preprocess_cfg["std"]),
+            interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+            resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
+        )
+        self.tokenizer = tokenizer
+        self._stop_token_ids: list[int] | None = None
+        self.post_init()
+        self.apply_freezing()
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The encoder keeps open_clip's initialisation (or its loaded weights), GPT-2 its own
+        # (`GPT2PreTrainedModel._init_weights` runs on it), the mapper PyTorch's defaults as in ClipCap.
+        return
+
+    def apply_freezing(self) -> ClipCapPolicy:
+        """Set `requires_grad` from the config: encoder always frozen, mapper / GPT-2 per `freeze_*`."""
+        self.visual.requires_grad_(False)
+        self.visual.eval()
+        self.mapper.requires_grad_(not self.config.freeze_mapper)
+        self.language_model.requires_grad_(not self.config.freeze_language_model)
+        return self
+
+    def train(self, mode: bool = True) -> ClipCapPolicy:
+        super().train(mode)
+        # The frozen encoder never switches on dropout / batch-norm updates.
+        self.visual.eval()
+        return self
+
+    def load_encoder_weights(self) -> ClipCapPolicy:
+        """Load the encoder weights named by `config.clip_pretrained` or `config.clip_checkpoint_path`.
+
+        Raises:
+            ValueError: if the config names neither.
+            OSError: if the weights are not available offline (see `build_open_clip`).
+        """
+        config = self.config
+        if config.clip_pretrained is None and config.clip_checkpoint_path is None:
+            raise ValueError(
+                "The config names no encoder weights: set clip_pretrained=<open_clip tag, e.g. 'openai'> or "
+                "clip_checkpoint_path=<open_clip checkpoint file>."
+            )
+        if config.clip_pretrained is not None:
+            clip_model, _, _ = build_open_clip(config.clip_model_name, config.clip_pretrained)
+        else:
+            clip_model, _, _ = build_open_clip(
+                config.clip_model_name, model_cfg=config.clip_model_cfg, checkpoint_path=config.clip_checkpoint_path
+            )
+        self.visual.load_state_dict(clip_model.visual.state_dict())
+        return self
+
+    @classmethod
+    def from_pretrained_components(
+        cls,
+        config: ClipCapConfig,
+        tokenizer: Any | None = None,
+        language_model_name_or_path: str | os.PathLike | None = None,
+        **hub_kwargs: Any,
+    ) -> ClipCapPolicy:
+        """A new ClipCap: encoder weights from the config's pretrained tag / checkpoint, a randomly initialised
+        mapper, and GPT-2 (with its tokenizer, unless `tokenizer` is given) from `language_model_name_or_path`
+        (e.g. `"gpt2"`) when given.
+
+        `hub_kwargs` (`cache_dir`, `revision`, `local_files_only`, ...) go to GPT-2's `from_pretrained`.
+        """
+        if language_model_name_or_path is not None:
+            language_model = GPT2LMHeadModel.from_pretrained(language_model_name_or_path, **hub_kwargs)
+            config.text_config = language_model.config
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(language_model_name_or_path, **hub_kwargs)
+        policy = cls(config, tokenizer=tokenizer)
+        if language_model_name_or_path is not None:
+            policy.language_model.load_state_dict(language_model.state_dict())
+        if config.clip_pretrained is not None or config.clip_checkpoint_path is not None:
+            policy.load_encoder_weights()
+        return policy
+
+    @classmethod
+    def from_original_checkpoint(cls, checkpoint_path: str | os.PathLike, **kwargs: Any) -> ClipCapPolicy:
+        """Load a checkpoint published with ClipCap (`coco_weights.pt`, `conceptual_weights.pt`, the
+        transformer-mapper one). See [`load_original_clipcap_checkpoint`] for the arguments."""
+        from .convert_original import load_original_clipcap_checkpoint
+
+        return load_original_clipcap_checkpoint(checkpoint_path, policy_class=cls, **kwargs)
+
+    # ------------------------------------------------------------------ saving / loading
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the tokenizer files when the policy has a tokenizer.
+
+        The frozen encoder's weights are part of `model.safetensors` and its architecture and image transform
+        are in `config.json`, so the folder is self-contained.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None and kwargs.get("is_main_process", True):
+            self.tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, tokenizer: Any | None = None, **kwargs: Any
+    ) -> ClipCapPolicy:
+        """`PreTrainedModel.from_pretrained`, plus the tokenizer saved next to the weights (or `tokenizer`)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if tokenizer is None:
+            hub_kwargs = {
+                key: kwargs[key]
+                for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+                if key in kwargs
+            }
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            except (OSError, ValueError) as error:
+                logger.warning(
+                    f"No tokenizer found with {pretrained_model_name_or_path} ({error}); pass tokenizer=... "
+                    "to decode captions."
+                )
+        model.tokenizer = tokenizer
+        model.apply_freezing()
+        return model
+
+    # ------------------------------------------------------------------ images
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images of any mode -> `[N, 3, H, W]` pixels, with the encoder's own eval transform."""
+        return torch.stack([self.image_transform(image) for image in to_rgb(images)])
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Run the frozen encoder: `[N, 3, H, W]` pixels -> `[N, D]` unnormalised image embeddings."""
+        self._check_pixel_values(pixel_values)
+        parameter = next(self.visual.parameters())
+        with torch.no_grad():
+            return self.visual(pixel_values.to(device=parameter.device, dtype=parameter.dtype))
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.clip_preprocess_cfg["size"]
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+            found = pixel_values.dtype if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise TypeError(
+                f"pixel_values must be a floating-point tensor, got {found}; use policy.preprocess(images)."
+            )
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (height, width):
+            raise ValueError(
+                f"pixel_values has shape {list(pixel_values.shape)}, expected [N, 3, {height}, {width}] "
+                "(RGB at the encoder's image size); use policy.preprocess(images)."
+            )
+
+    def _image_embeds(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """`[B, D]` encoder outputs from exactly one of `pixel_values` / `image_embeds`."""
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass exactly one of pixel_values or image_embeds.")
+        if pixel_values is not None:
+            return self.encode_images(pixel_values)
+        if not isinstance(image_embeds, torch.Tensor) or not image_embeds.is_floating_point():
+            found = image_embeds.dtype if isinstance(image_embeds, torch.Tensor) else type(image_embeds).__name__
+            raise TypeError(f"image_embeds must be a floating-point tensor, got {found}.")
+        if image_embeds.dim() != 2 or image_embeds.shape[1] != self.config.clip_embed_dim:
+            raise ValueError(
+                f"image_embeds has shape {list(image_embeds.shape)}, expected [N, {self.config.clip_embed_dim}] "
+                "(the output of policy.encode_images); the encoder that produced them does not match this "
+                "policy's mapper."
+            )
+        return image_embeds
+
+    def prefix_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The mapper: `[B, D]` image embeddings -> `[B, P, E]` GPT-2 prefix embeddings (with gradients)."""
+        parameter = next(self.mapper.parameters())
+        image_embeds = image_embeds.to(device=parameter.device, dtype=parameter.dtype)
+        if self.config.normalize_prefix:
+            image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+        return self.mapper(image_embeds)
+
+    # ------------------------------------------------------------------ tokens
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end a caption: every token whose text contains "." plus EOS (computed once)."""
+        if self._stop_token_ids is None:
+            tokenizer = self._require_tokenizer()
+            self._stop_token_ids = full_stop_token_ids(tokenizer, [tokenizer.eos_token_id])
+        return self._stop_token_ids
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id written after a caption's stop token (the tokenizer's pad token, else EOS)."""
+        tokenizer = self._require_tokenizer()
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError(
+                "This ClipCapPolicy has no tokenizer; pass tokenizer=... when building it "
+                "(e.g. GPT2TokenizerFast.from_pretrained('gpt2')) or set policy.tokenizer."
+            )
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ teacher forcing
+
+    def caption_logits(
+        self, prefix_embeds: torch.Tensor, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """GPT-2 logits for each caption token given the prefix and the tokens before it, in one forward pass.
+
+        Args:
+            prefix_embeds: `[B, P, E]` mapper output.
+            input_ids: `[B, T]` caption token ids (right-padded).
+            attention_mask: `[B, T]` 1 for caption tokens.
+
+        Returns:
+            `[B, T, V]` logits; `logits[:, t]` is the distribution of `input_ids[:, t]` (already shifted).
+        """
+        batch, length = input_ids.shape
+        token_embeds = self.language_model.get_input_embeddings()(input_ids)  # [B, T, E]
+        inputs_embeds = torch.cat([prefix_embeds.to(token_embeds.dtype), token_embeds], dim=1)  # [B, P + T, E]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        prefix_mask = attention_mask.new_ones(batch, prefix_embeds.shape[1])
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+            use_cache=False,
+            # The last prefix position predicts the first caption token; the last position predicts nothing.
+            logits_to_keep=length + 1,
+        )
+        return outputs.logits[:, :-1]  # [B, T, V]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutput:
+        """Teacher-forced captioning: the standard maximum-likelihood loss of ClipCap pretraining.
+
+        Args:
+            pixel_values: `[B, 3, H, W]` images, or
+            image_embeds: `[B, D]` their `encode_images` output.
+            input_ids: `[B, T]` caption ids (end them with the full stop / EOS the model should learn to emit).
+            attention_mask: `[B, T]` 1 for caption tokens, 0 for padding.
+            labels: `[B, T]` targets, -100 where ignored; usually `input_ids` with padding set to -100.
+
+        Returns:
+            `CausalLMOutput` with `logits` `[B, T, V]` over the caption tokens only, aligned with `input_ids`
+            (`logits[:, t]` predicts `input_ids[:, t]`, no further shift), and `loss`, the mean cross-entropy
+            over the labelled tokens, when `labels` is given.
+        """
+        if input_ids is None:
+            raise ValueError("forward needs input_ids (the captions); use generate_captions to write captions.")
+        prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))
+        logits = self.caption_logits(prefix, input_ids, attention_mask)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100
+            )
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def caption_log_probs(
+        self,
+        caption_ids: torch.LongTensor,
+        caption_mask: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        *,
+        reduction: str | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced log-probabilities of `caption_ids` given the images, in one forward pass, with
+        gradients to the mapper and GPT-2 (never to the encoder).
+
+        Args:
+            caption_ids: `[B * G, T]` caption ids, the G captions of each image consecutive.
+            caption_mask: `[B * G, T]` 1 for caption tokens (up to and including the stop token), 0 after.
+            pixel_values / image_embeds: the `B` images, as in `generate_captions`.
+            reduction: `"mean"` (length-normalised, the public DiscriTune implementation's choice), `"sum"` or
+                `"none"`; defaults to `config.log_prob_reduction` (`"mean"`).
+
+        Returns:
+            `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero on padding) for `"none"`.
+        """
+        if caption_ids.dim() != 2 or caption_mask.shape != caption_ids.shape:
+            raise ValueError(
+                f"caption_ids {list(caption_ids.shape)} and caption_mask {list(caption_mask.shape)} must both be "
+                "[B * G, T]."
+            )
+        image_embeds = self._image_embeds(pixel_values, image_embeds)  # [B, D]
+        num_images, num_captions = image_embeds.shape[0], caption_ids.shape[0]
+        if num_captions % num_images != 0:
+            raise ValueError(
+                f"{num_captions} captions for {num_images} images: pass G captions per image (B * G rows)."
+            )
+        prefix = self.prefix_embeds(image_embeds)  # [B, P, E]
+        prefix = prefix.repeat_interleave(num_captions // num_images, dim=0)  # [B * G, P, E]
+        caption_ids = caption_ids.to(prefix.device)
+        caption_mask = caption_mask.to(prefix.device)
+        logits = self.caption_logits(prefix, caption_ids, caption_mask).float()  # [B * G, T, V]
+        token_log_probs = logits.gather(-1, caption_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+        return reduce_token_log_probs(token_log_probs, caption_mask, reduction or self.config.log_prob_reduction)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate_captions(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 40,
+        do_sample: bool = False,
+        num_beams: int = 1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+    ) -> CaptionOutput:
+        """Caption a batch of images, without gradients, in eval mode (no dropout).
+
+        Greedy by default (the paper's training decoding); `num_beams=5` is the paper's evaluation decoding;
+        `do_sample=True` samples with `temperature` / `top_k` (0: off) / `top_p`. Every row stops at its own
+        first full stop (any token whose text contains ".") or EOS, or after `max_new_tokens`. Decoding is
+        `GPT2LMHeadModel.generate` on the prefix embeddings (KV cache, batched stopping).
+
+        Returns:
+            [`CaptionOutput`] with `B * num_return_sequences` rows, the captions of each image consecutive.
+        """
+        if not 1 <= max_new_tokens <= MAX_CAPTION_TOKENS:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: the CLIP retriever "
+                "reads at most 75 caption tokens (the paper uses 40)."
+            )
+        if self.config.prefix_length + max_new_tokens > self.config.text_config.n_positions:
+            raise ValueError(
+                f"prefix_length={self.config.prefix_length} + max_new_tokens={max_new_tokens} exceeds GPT-2's "
+                f"n_positions={self.config.text_config.n_positions}; lower max_new_tokens."
+            )
+        if num_return_sequences > 1 and not do_sample and num_beams < num_return_sequences:
+            raise ValueError(
+                f"num_return_sequences={num_return_sequences} needs do_sample=True or "
+                f"num_beams >= {num_return_sequences}; greedy decoding gives one caption per image."
+            )
+        prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))  # [B, P, E]
+        stop_token_ids = self.stop_token_ids
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
+        was_training = self.training
+        self.eval()
+        try:
+            generated = self.language_model.generate(
+                inputs_embeds=prefix,
+                attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                num_beams=num_beams,
+                num_return_sequences=num_return_sequences,
+                eos_token_id=stop_token_ids,
+                pad_token_id=self.pad_token_id,
+                use_cache=True,
+                **sampling,
+            )  # [B * G, T] new tokens only (no prompt ids when generating from inputs_embeds)
+        finally:
+            self.train(was_training)
+        stop_ids = torch.tensor(stop_token_ids, device=generated.device)
+        sequences, caption_mask, stopped = truncate_at_stop(generated, stop_ids, self.pad_token_id)
+        lengths = caption_mask.sum(dim=1).tolist()
+        texts = self.tokenizer.batch_decode(
+            [row[:length] for row, length in zip(sequences.tolist(), lengths)], skip_special_tokens=True
+        )
+        return CaptionOutput(
+            sequences=sequences,
+            caption_mask=caption_mask,
+            texts=[text.strip() for text in texts],
+            stopped=stopped,
+        )
+
+
+AutoConfig.register(ClipCapConfig.model_type, ClipCapConfig, exist_ok=True)
