@@ -1,0 +1,16 @@
+"""Evaluation: retrieval P@1 / recall@k, captioning metrics, hard-distractor sets, human study, caption language.
+
+Heavy optional dependencies (pycocoevalcap, spaCy, a browser) are imported only inside the functions that
+need them, so importing this package stays light.
+"""
+
+from .retrieval import encode_captions, encode_gallery, precision_at_1, recall_at_k, retrieval_metrics
+
+
+__all__ = [
+    "encode_captions",
+    "encode_gallery",
+    "precision_at_1",
+    "recall_at_k",
+    "retrieval_metrics",
+]
