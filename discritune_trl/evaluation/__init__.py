@@ -5,17 +5,25 @@ need them, so importing this package stays light.
 """
 
 from .captioning import CAPTION_METRICS, caption_metrics, ptb_tokenize, simple_tokenize, spice_missing_reason
+from .metrics import EVALUATE_MODULES, evaluate_module_path
+from .report import METRIC_HEADERS, PAPER_CAPTION_COLUMNS, markdown_metric_blocks, markdown_table
 from .retrieval import encode_captions, encode_gallery, precision_at_1, recall_at_k, retrieval_metrics
 
 
 __all__ = [
     "CAPTION_METRICS",
+    "EVALUATE_MODULES",
+    "METRIC_HEADERS",
+    "PAPER_CAPTION_COLUMNS",
     "caption_metrics",
     "ptb_tokenize",
     "simple_tokenize",
     "spice_missing_reason",
     "encode_captions",
     "encode_gallery",
+    "evaluate_module_path",
+    "markdown_metric_blocks",
+    "markdown_table",
     "precision_at_1",
     "recall_at_k",
     "retrieval_metrics",
