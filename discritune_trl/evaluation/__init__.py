@@ -5,6 +5,7 @@ need them, so importing this package stays light.
 """
 
 from .captioning import CAPTION_METRICS, caption_metrics, ptb_tokenize, simple_tokenize, spice_missing_reason
+from .distractors import build_hard_distractor_sets, candidate_set_accuracy, hard_distractor_accuracy
 from .metrics import EVALUATE_MODULES, evaluate_module_path
 from .report import METRIC_HEADERS, PAPER_CAPTION_COLUMNS, markdown_metric_blocks, markdown_table
 from .retrieval import encode_captions, encode_gallery, precision_at_1, recall_at_k, retrieval_metrics
@@ -15,6 +16,8 @@ __all__ = [
     "EVALUATE_MODULES",
     "METRIC_HEADERS",
     "PAPER_CAPTION_COLUMNS",
+    "build_hard_distractor_sets",
+    "candidate_set_accuracy",
     "caption_metrics",
     "ptb_tokenize",
     "simple_tokenize",
@@ -22,6 +25,7 @@ __all__ = [
     "encode_captions",
     "encode_gallery",
     "evaluate_module_path",
+    "hard_distractor_accuracy",
     "markdown_metric_blocks",
     "markdown_table",
     "precision_at_1",
