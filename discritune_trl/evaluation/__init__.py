@@ -6,6 +6,7 @@ need them, so importing this package stays light.
 
 from .captioning import CAPTION_METRICS, caption_metrics, ptb_tokenize, simple_tokenize, spice_missing_reason
 from .distractors import build_hard_distractor_sets, candidate_set_accuracy, hard_distractor_accuracy
+from .human_study import HumanStudy, build_control_sets, export_human_study, score_human_study
 from .metrics import EVALUATE_MODULES, evaluate_module_path
 from .report import METRIC_HEADERS, PAPER_CAPTION_COLUMNS, markdown_metric_blocks, markdown_table
 from .retrieval import encode_captions, encode_gallery, precision_at_1, recall_at_k, retrieval_metrics
@@ -14,8 +15,10 @@ from .retrieval import encode_captions, encode_gallery, precision_at_1, recall_a
 __all__ = [
     "CAPTION_METRICS",
     "EVALUATE_MODULES",
+    "HumanStudy",
     "METRIC_HEADERS",
     "PAPER_CAPTION_COLUMNS",
+    "build_control_sets",
     "build_hard_distractor_sets",
     "candidate_set_accuracy",
     "caption_metrics",
@@ -25,10 +28,12 @@ __all__ = [
     "encode_captions",
     "encode_gallery",
     "evaluate_module_path",
+    "export_human_study",
     "hard_distractor_accuracy",
     "markdown_metric_blocks",
     "markdown_table",
     "precision_at_1",
     "recall_at_k",
     "retrieval_metrics",
+    "score_human_study",
 ]
