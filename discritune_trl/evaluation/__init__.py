@@ -7,6 +7,7 @@ need them, so importing this package stays light.
 from .captioning import CAPTION_METRICS, caption_metrics, ptb_tokenize, simple_tokenize, spice_missing_reason
 from .distractors import build_hard_distractor_sets, candidate_set_accuracy, hard_distractor_accuracy
 from .human_study import HumanStudy, build_control_sets, export_human_study, score_human_study
+from .language import count_lemmas, lmi_markdown_table, local_mutual_information, top_lemmas_by_lmi
 from .metrics import EVALUATE_MODULES, evaluate_module_path
 from .report import METRIC_HEADERS, PAPER_CAPTION_COLUMNS, markdown_metric_blocks, markdown_table
 from .retrieval import encode_captions, encode_gallery, precision_at_1, recall_at_k, retrieval_metrics
@@ -21,15 +22,19 @@ __all__ = [
     "build_control_sets",
     "build_hard_distractor_sets",
     "candidate_set_accuracy",
+    "count_lemmas",
     "caption_metrics",
     "ptb_tokenize",
     "simple_tokenize",
     "spice_missing_reason",
+    "top_lemmas_by_lmi",
     "encode_captions",
     "encode_gallery",
     "evaluate_module_path",
     "export_human_study",
     "hard_distractor_accuracy",
+    "lmi_markdown_table",
+    "local_mutual_information",
     "markdown_metric_blocks",
     "markdown_table",
     "precision_at_1",

@@ -76,3 +76,19 @@ class ColorRetriever(Retriever):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self._logit_scale
+
+
+def toy_spacy_pipeline(lexicon: dict[str, tuple[str, str]]):
+    """A blank English spaCy pipeline whose `attribute_ruler` sets lemma and POS from `lexicon`.
+
+    `lexicon` maps a lower-cased word to `(lemma, universal POS)`; other words get POS "X" and no lemma
+    (`count_lemmas` then uses the token text). Nothing is downloaded.
+    """
+    import spacy
+
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("attribute_ruler")
+    ruler.add(patterns=[[{"IS_PUNCT": False}]], attrs={"POS": "X"})
+    for word, (lemma, pos) in lexicon.items():
+        ruler.add(patterns=[[{"LOWER": word}]], attrs={"LEMMA": lemma, "POS": pos})
+    return nlp
