@@ -1,0 +1,97 @@
+"""Markdown tables of metrics in the layout of the paper's Tables 1-3.
+
+- Table 1 layout (one number per model and dataset): `markdown_table({model: {dataset: p_at_1}})`.
+- Tables 2-3 layout (a block of metrics per dataset): `markdown_metric_blocks({dataset: {model: metrics}})`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Real
+
+
+# Short column headers used by the paper (B@4, M, C, S) and for the other metrics of this package.
+METRIC_HEADERS = {
+    "precision_at_1": "P@1",
+    "recall_at_1": "R@1",
+    "recall_at_5": "R@5",
+    "recall_at_10": "R@10",
+    "bleu_1": "B@1",
+    "bleu_2": "B@2",
+    "bleu_3": "B@3",
+    "bleu_4": "B@4",
+    "meteor": "M",
+    "rouge_l": "R-L",
+    "cider": "C",
+    "spice": "S",
+    "imagecode_accuracy": "ImageCoDe",
+}
+PAPER_CAPTION_COLUMNS = ("bleu_4", "meteor", "cider", "spice")
+
+
+def _format_cell(value, scale: float, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return str(value).replace("|", "\\|")
+    if isinstance(value, int):
+        return str(value)  # counts are not scaled
+    return f"{value * scale:.{digits}f}"
+
+
+def markdown_table(
+    rows: Mapping[str, Mapping[str, object]],
+    columns: Sequence[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    row_label: str = "Model",
+    scale: float = 100.0,
+    digits: int = 2,
+) -> str:
+    """Render `{row name: {column: value}}` as a GitHub markdown table.
+
+    Args:
+        rows (`Mapping[str, Mapping[str, object]]`): one entry per table row, in display order.
+        columns (`Sequence[str]`, *optional*): columns to show, in order; defaults to every key seen, in
+            first-seen order. A row without a column shows "–".
+        headers (`Mapping[str, str]`, *optional*): display names per column; defaults to `METRIC_HEADERS`,
+            then the column key itself.
+        row_label (`str`, defaults to `"Model"`): header of the first column.
+        scale (`float`, defaults to `100.0`): factor applied to float values (fractions to percentages,
+            CIDEr-D to the paper's scale). Integers (counts) are printed as they are.
+        digits (`int`, defaults to `2`): decimals for float values.
+
+    Returns:
+        The table as a string ending in a newline.
+    """
+    if columns is None:
+        columns = list(dict.fromkeys(key for values in rows.values() for key in values))
+    headers = {**METRIC_HEADERS, **(headers or {})}
+    lines = [
+        "| " + " | ".join([row_label, *(headers.get(column, column) for column in columns)]) + " |",
+        "|" + "---|" + "---:|" * len(columns),
+    ]
+    for name, values in rows.items():
+        cells = [_format_cell(values.get(column), scale, digits) for column in columns]
+        lines.append("| " + " | ".join([str(name), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_metric_blocks(
+    results: Mapping[str, Mapping[str, Mapping[str, object]]],
+    columns: Sequence[str] = PAPER_CAPTION_COLUMNS,
+    heading_level: int = 3,
+    **table_kwargs,
+) -> str:
+    """One titled table per dataset, models as rows: the layout of the paper's Tables 2, 3 and 5.
+
+    Args:
+        results (`Mapping[str, Mapping[str, Mapping[str, object]]]`): `{dataset: {model: metrics}}`.
+        columns (`Sequence[str]`, defaults to `("bleu_4", "meteor", "cider", "spice")`): metrics shown.
+        heading_level (`int`, defaults to `3`): markdown heading level of each dataset title.
+        **table_kwargs: forwarded to `markdown_table` (`headers`, `scale`, `digits`, `row_label`).
+    """
+    blocks = [
+        f"{'#' * heading_level} {dataset}\n\n{markdown_table(models, columns=columns, **table_kwargs)}"
+        for dataset, models in results.items()
+    ]
+    return "\n".join(blocks)
