@@ -6,6 +6,7 @@ from .models.clipcap import ClipCapConfig, ClipCapPolicy
 from .models.policy import CaptioningPolicy, CaptionOutput
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
 from .rewards import DiscriminativeRewardModel, RewardOutput
+from .trainer import DiscriTuneConfig, DiscriTuneTrainer
 
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "ClipCapConfig",
     "ClipCapPolicy",
     "CaptioningPolicy",
+    "DiscriTuneConfig",
+    "DiscriTuneTrainer",
     "DiscriminativeRewardModel",
     "OpenCLIPRetriever",
     "Retriever",

@@ -11,6 +11,11 @@ The trainer only ever talks to a policy through the four methods of :class:`Capt
 - ``caption_log_probs(caption_ids, caption_mask, ...) -> Tensor``: teacher-forced log-probabilities of
   given captions, in one forward pass, with gradients.
 
+Its ``forward`` must also accept ``caption_ids``, ``caption_mask`` and ``log_prob_reduction`` and then return
+``caption_log_probs(caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction)``: the
+trainer calls the log-prob pass through ``model(...)`` so that DDP, FSDP and DeepSpeed wrappers see it (a method
+called on the unwrapped model would skip their gradient synchronisation).
+
 A new captioner is one ``PreTrainedModel`` subclass that also subclasses :class:`CaptioningPolicy`.
 """
 

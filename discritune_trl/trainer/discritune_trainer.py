@@ -149,7 +149,7 @@ class DiscriTuneTrainer(Trainer):
     def _reward(self, texts: list[str], inputs: dict[str, Any]) -> torch.Tensor:
         """Rewards `[B * G]` of the captions; candidates are the images of the global batch."""
         with torch.no_grad():
-            output = self.reward_model(texts, **retriever_image_inputs(inputs))
+            output = self.reward_model(texts, **retriever_image_inputs(inputs), step=self.state.global_step)
         rewards = output.rewards.float()
         if not torch.isfinite(rewards).all():
             bad = [texts[i] for i in torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:3]]
@@ -172,7 +172,9 @@ class DiscriTuneTrainer(Trainer):
         elif kind == "greedy":
             greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_new_tokens)
             with torch.no_grad():
-                baseline = self.reward_model(greedy.texts, **retriever_image_inputs(inputs)).rewards.float()
+                baseline = self.reward_model(
+                    greedy.texts, **retriever_image_inputs(inputs), step=self.state.global_step
+                ).rewards.float()
             baseline = baseline.repeat_interleave(rewards.numel() // baseline.numel())
         elif kind == "loo":
             baseline = leave_one_out_baseline(rewards, self.args.num_generations)
@@ -282,13 +284,21 @@ class DiscriTuneTrainer(Trainer):
                 policy, policy_image_inputs(batch), num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
             )
             with torch.no_grad():
-                text_embeds.append(self.reward_model.encode_texts(captions.texts).float())
-                image_embeds.append(self.reward_model.image_embeddings(**retriever_image_inputs(batch)).float())
+                text_embeds.append(self.reward_model.retriever.encode_texts(captions.texts).float())
+                image_embeds.append(self._retriever_image_embeds(batch).float())
             texts.extend(captions.texts)
         text_embeds = self.accelerator.gather_for_metrics(torch.cat(text_embeds))
         image_embeds = self.accelerator.gather_for_metrics(torch.cat(image_embeds))
         texts = self.accelerator.gather_for_metrics(texts, use_gather_object=True)
         return texts, text_embeds, image_embeds
+
+    def _retriever_image_embeds(self, batch: dict[str, Any]) -> torch.Tensor:
+        """`[B, D]` image embeddings of the (first) retriever, cached or computed from pixels."""
+        inputs = retriever_image_inputs(batch)
+        embeds = inputs.get("image_embeds")
+        if embeds is None:
+            embeds = self.reward_model.encode_images(inputs["pixel_values"])
+        return embeds[0] if isinstance(embeds, (list, tuple)) else embeds
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Caption `eval_dataset` with beam search and report retrieval P@1 among `eval_num_candidates`

@@ -312,8 +312,11 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        caption_ids: torch.LongTensor | None = None,
+        caption_mask: torch.LongTensor | None = None,
+        log_prob_reduction: str | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutput:
+    ) -> CausalLMOutput | torch.Tensor:
         """Teacher-forced captioning: the standard maximum-likelihood loss of ClipCap pretraining.
 
         Args:
@@ -323,11 +326,19 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
             attention_mask: `[B, T]` 1 for caption tokens, 0 for padding.
             labels: `[B, T]` targets, -100 where ignored; usually `input_ids` with padding set to -100.
 
+        With `caption_ids` / `caption_mask` / `log_prob_reduction` instead of `input_ids`, returns
+        `caption_log_probs(...)`: `DiscriTuneTrainer` computes log-probs through `forward` so that DDP, FSDP and
+        DeepSpeed wrappers see the pass (see `CaptioningPolicy`).
+
         Returns:
             `CausalLMOutput` with `logits` `[B, T, V]` over the caption tokens only, aligned with `input_ids`
             (`logits[:, t]` predicts `input_ids[:, t]`, no further shift), and `loss`, the mean cross-entropy
             over the labelled tokens, when `labels` is given.
         """
+        if caption_ids is not None:  # the trainer's log-prob pass, routed through forward for DDP/FSDP hooks
+            return self.caption_log_probs(
+                caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction
+            )
         if input_ids is None:
             raise ValueError("forward needs input_ids (the captions); use generate_captions to write captions.")
         prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))
