@@ -82,6 +82,9 @@ class DiscriTuneConfig(TrainingArguments):
             Weight of a KL penalty to the frozen initial policy (per-token k3 estimator). `0` keeps no reference model.
         whiten_advantages (`bool`, *optional*, defaults to `False`):
             Divide advantages by the batch reward standard deviation. Off in the paper.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Switch off the policy's dropout, so that the teacher-forced log-probabilities are those of the policy
+            that decoded the captions (generation always runs without dropout).
 
         > Parameters that control evaluation and logging
 
@@ -144,6 +147,7 @@ class DiscriTuneConfig(TrainingArguments):
     )
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty weight to the frozen initial policy."})
     whiten_advantages: bool = field(default=False, metadata={"help": "Divide advantages by the reward std."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Switch off the policy's dropout."})
 
     # > Evaluation and logging
     eval_num_candidates: int = field(default=100, metadata={"help": "Candidates per query for eval P@1."})

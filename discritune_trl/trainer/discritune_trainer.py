@@ -73,6 +73,10 @@ class DiscriTuneTrainer(Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
+        if args.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
         self.reward_model = _as_reward_model(reward_model, args)
         self.ref_model = _frozen_reference(model) if args.kl_coef > 0 and peft_config is None else None
         train_dataset = _prepare_dataset(train_dataset, args.image_column, "train_dataset")

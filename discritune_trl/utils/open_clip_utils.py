@@ -48,9 +48,11 @@ def build_open_clip(
     if pretrained is not None and checkpoint_path is not None:
         raise ValueError("Pass either pretrained=<tag> or checkpoint_path=<file>, not both.")
     if model_cfg is None and pretrained is not None:
+        # OpenAI's weights were trained with QuickGELU; open_clip 3 only warns when the architecture disagrees.
+        quick_gelu = bool((open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get("quick_gelu", False))
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, cache_dir=cache_dir
+                model_name, pretrained=pretrained, cache_dir=cache_dir, force_quick_gelu=quick_gelu
             )
         except Exception as error:  # the download failed or the tag is unknown
             raise OSError(
