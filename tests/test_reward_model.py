@@ -357,3 +357,13 @@ def test_two_processes_reward_like_one_process_over_the_global_batch():
         torch.testing.assert_close(torch.cat([r[f"{name}_logits"] for r in per_rank]), single.logits)
         assert torch.cat([r[f"{name}_targets"] for r in per_rank]).tolist() == single.target_indices.tolist()
     assert per_rank[1]["plain_targets"].tolist() == [3, 3, 4, 4]  # offset by rank 0's three images
+
+
+def test_half_precision_retriever_gives_float32_rewards():
+    retriever = tiny_open_clip_retriever(seed=0)
+    pixel_values = _random_pixels(3)
+    full = DiscriminativeRewardModel(retriever)(CAPTIONS[:3], pixel_values=pixel_values)
+    retriever.to(torch.bfloat16)  # float32 pixels are cast to the retriever's dtype
+    half = DiscriminativeRewardModel(retriever)(CAPTIONS[:3], pixel_values=pixel_values)
+    assert half.rewards.dtype == half.logits.dtype == torch.float32
+    torch.testing.assert_close(half.rewards, full.rewards, atol=0.05, rtol=0.05)

@@ -58,6 +58,14 @@ class Retriever(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the retriever's first floating parameter (float32 for a retriever without one)."""
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
     def train(self, mode: bool = True) -> Retriever:
         # A retriever is a frozen judge: `Trainer` calling `.train()` on the whole model must not
         # switch on dropout or batch-norm updates here.

@@ -110,7 +110,7 @@ class OpenCLIPRetriever(Retriever):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` pixels to `[N, D]` L2-normalised embeddings."""
-        pixel_values = pixel_values.to(self.device)
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         return self.model.encode_image(pixel_values, normalize=True)
 
     def tokenize(self, texts: list[str], trim: bool = True) -> torch.LongTensor:

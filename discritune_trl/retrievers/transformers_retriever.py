@@ -86,7 +86,9 @@ class TransformersCLIPRetriever(Retriever):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` pixels to `[N, D]` L2-normalised embeddings."""
-        features = _pooled(self.model.get_image_features(pixel_values=pixel_values.to(self.device)))
+        features = _pooled(
+            self.model.get_image_features(pixel_values=pixel_values.to(device=self.device, dtype=self.dtype))
+        )
         return F.normalize(features, dim=-1)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
