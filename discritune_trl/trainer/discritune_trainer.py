@@ -96,7 +96,7 @@ class DiscriTuneTrainer(Trainer):
             optimizers=optimizers,
         )
         self._check_distractors()
-        self.reward_model.to(self.accelerator.device)
+        self.reward_model.to(self.accelerator.device).eval()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
         self.running_mean = RunningMeanBaseline()

@@ -1,0 +1,306 @@
+"""DiscriTuneTrainer on tiny models: the loss, the baselines, what trains, resume, bad input, evaluation."""
+
+import io
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from discritune_trl import ClipCapPolicy, DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
+from discritune_trl.testing.clipcap import tiny_clipcap_policy
+from discritune_trl.testing.retrievers import tiny_open_clip_retriever
+from discritune_trl.trainer import RunningMeanBaseline
+from discritune_trl.trainer.baselines import leave_one_out_baseline
+
+
+def random_images(count: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def image_dataset(count: int, seed: int = 0) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"image": random_images(count, seed)}).cast_column("image", datasets.Image())
+
+
+def make_config(tmp_path, **overrides) -> DiscriTuneConfig:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        max_new_tokens=6,
+        eval_num_beams=2,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    settings.update(overrides)
+    return DiscriTuneConfig(**settings)
+
+
+def make_trainer(tmp_path, dataset=None, reward_model=None, **overrides) -> DiscriTuneTrainer:
+    return DiscriTuneTrainer(
+        model=tiny_clipcap_policy(seed=0),
+        reward_model=reward_model or DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
+        args=make_config(tmp_path, **overrides),
+        train_dataset=dataset if dataset is not None else image_dataset(8),
+    )
+
+
+def first_batch(trainer: DiscriTuneTrainer) -> dict:
+    rows = [trainer.train_dataset[i] for i in range(trainer.args.per_device_train_batch_size)]
+    return trainer._prepare_inputs(trainer.data_collator(rows))
+
+
+def test_loss_equals_hand_computation_with_running_mean(tmp_path):
+    trainer = make_trainer(tmp_path)
+    policy, reward_model = trainer.model, trainer.reward_model
+    batch = first_batch(trainer)
+    expected_baseline, seen = 0.0, []
+    for _ in range(2):  # the second step subtracts the first step's mean reward
+        captions = policy.generate_captions(pixel_values=batch["policy_pixel_values"], max_new_tokens=6)
+        rewards = reward_model(captions.texts, pixel_values=batch["retriever_pixel_values"]).rewards
+        log_probs = policy.caption_log_probs(
+            captions.sequences, captions.caption_mask, batch["policy_pixel_values"], reduction="mean"
+        )
+        expected = -((rewards - expected_baseline) * log_probs).mean()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        torch.testing.assert_close(loss, expected)
+        seen.append(rewards.mean().item())
+        assert trainer.running_mean.mean == pytest.approx(sum(seen) / len(seen), rel=1e-6)
+        expected_baseline = trainer.running_mean.mean
+
+
+def test_sum_reduction_and_kl_term(tmp_path):
+    trainer = make_trainer(tmp_path, log_prob_reduction="sum", kl_coef=0.5, baseline="none")
+    batch = first_batch(trainer)
+    policy = trainer.model
+    # Perturb the policy so it differs from the frozen reference and the KL is positive.
+    with torch.no_grad():
+        policy.mapper.layers[0].weight.add_(0.5)
+    captions = policy.generate_captions(pixel_values=batch["policy_pixel_values"], max_new_tokens=6)
+    rewards = trainer.reward_model(captions.texts, pixel_values=batch["retriever_pixel_values"]).rewards
+    tokens = policy.caption_log_probs(
+        captions.sequences, captions.caption_mask, batch["policy_pixel_values"], reduction="none"
+    )
+    ref_tokens = trainer.ref_model.caption_log_probs(
+        captions.sequences, captions.caption_mask, batch["policy_pixel_values"], reduction="none"
+    )
+    mask = captions.caption_mask.float()
+    delta = (ref_tokens - tokens) * mask
+    kl = ((delta.exp() - delta - 1) * mask).sum() / mask.sum()
+    expected = -(rewards * tokens.sum(dim=1)).mean() + 0.5 * kl
+    assert kl > 0
+    torch.testing.assert_close(trainer.compute_loss(policy, dict(batch)), expected)
+
+
+def test_running_mean_baseline_is_documented_running_mean():
+    baseline = RunningMeanBaseline()
+    seen = []
+    for value in [1.0, 2.0, 6.0]:
+        seen.append(value)
+        baseline.update(value)
+        assert baseline.mean == pytest.approx(sum(seen) / len(seen))
+    restored = RunningMeanBaseline()
+    restored.load_state_dict(baseline.state_dict())
+    assert (restored.mean, restored.count) == (baseline.mean, baseline.count)
+
+
+def test_leave_one_out_baseline_by_hand():
+    rewards = torch.tensor([1.0, 3.0, 5.0, 0.0, 2.0, 4.0])  # two images x three captions
+    expected = torch.tensor([4.0, 3.0, 2.0, 3.0, 2.0, 1.0])
+    torch.testing.assert_close(leave_one_out_baseline(rewards, 3), expected)
+
+
+def test_training_updates_mapper_and_gpt2_but_never_encoders(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=3)
+    policy = trainer.model
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    retriever_before = {name: p.detach().clone() for name, p in trainer.reward_model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
+    assert any(name.startswith("mapper.") for name in changed)
+    assert any(name.startswith("language_model.") for name in changed)
+    assert not any(name.startswith("visual.") for name in changed)
+    for name, parameter in trainer.reward_model.named_parameters():
+        assert torch.equal(parameter, retriever_before[name]), name
+    assert not any(retriever.training for retriever in trainer.reward_model.retrievers)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(baseline="mean"),
+        dict(baseline="none"),
+        dict(baseline="greedy", train_decoding="sample"),
+        dict(baseline="greedy", train_decoding="beam", num_beams=2),
+        dict(baseline="loo", train_decoding="sample", num_generations=2, top_k=10),
+        dict(reward_type="accuracy"),
+        dict(whiten_advantages=True),
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_every_baseline_and_decoding_trains(tmp_path, overrides):
+    reward_type = overrides.pop("reward_type", "log_prob")
+    reward_model = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0), reward_type=reward_type)
+    trainer = make_trainer(tmp_path, reward_model=reward_model, **overrides)
+    weights = trainer.model.language_model.lm_head.weight.detach().clone()
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for key in (
+        "reward/mean",
+        "reward/std",
+        "retrieval/accuracy",
+        "baseline",
+        "advantage/mean",
+        "caption/mean_length",
+        "caption/stopped_fraction",
+    ):
+        assert np.isfinite(logs[-1][key]), key
+    if overrides.get("baseline") == "none":
+        assert logs[-1]["baseline"] == 0
+    assert not torch.equal(weights, trainer.model.language_model.lm_head.weight)
+
+
+def test_resume_gives_the_same_weights_and_baseline(tmp_path):
+    dataset = image_dataset(16)
+    full = make_trainer(tmp_path / "full", dataset=dataset, max_steps=4)
+    full.train()
+
+    first = make_trainer(tmp_path / "half", dataset=dataset, max_steps=4, save_strategy="steps", save_steps=2)
+    first.train()
+    checkpoint = os.path.join(first.args.output_dir, "checkpoint-2")
+    assert os.path.isfile(os.path.join(checkpoint, "discritune_baseline.json"))
+    resumed = make_trainer(tmp_path / "half", dataset=dataset, max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=checkpoint)
+
+    assert resumed.running_mean.state_dict() == pytest.approx(full.running_mean.state_dict())
+    for (name, p_full), (_, p_resumed) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(p_resumed, p_full, rtol=0, atol=1e-6, msg=name)
+
+
+def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.train()
+    out = str(tmp_path / "final")
+    trainer.save_model(out)
+    card = open(os.path.join(out, "README.md")).read()
+    assert "DiscriTune" in card and "dessi2023discritune" in card and '"baseline": "mean"' in card
+    loaded = ClipCapPolicy.from_pretrained(out)
+    pixels = trainer.model.preprocess(random_images(3, seed=5))
+    original = trainer.model.generate_captions(pixel_values=pixels, max_new_tokens=6)
+    again = loaded.generate_captions(pixel_values=pixels, max_new_tokens=6)
+    assert original.texts == again.texts
+    torch.testing.assert_close(
+        loaded.caption_log_probs(original.sequences, original.caption_mask, pixels),
+        trainer.model.caption_log_probs(original.sequences, original.caption_mask, pixels),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_evaluate_reports_p_at_1_with_fewer_candidates_than_asked(tmp_path, caplog):
+    trainer = make_trainer(tmp_path)
+    metrics = trainer.evaluate(image_dataset(12, seed=3))
+    assert metrics["eval_num_candidates"] == 12
+    assert 0.0 <= metrics["eval_p_at_1"] <= 100.0
+    assert "fewer than eval_num_candidates" in caplog.text
+
+
+def test_sample_captions_are_logged_with_image_ids(tmp_path):
+    trainer = make_trainer(tmp_path, num_sample_captions_to_log=2)
+    trainer.train()
+    lines = open(os.path.join(trainer.args.output_dir, "sample_captions.jsonl")).read().splitlines()
+    samples = [json.loads(line) for line in lines]
+    assert len(samples) == 4  # two per logging step
+    assert all(0 <= sample["image_index"] < 8 and isinstance(sample["caption"], str) for sample in samples)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(baseline="loo"), "num_generations >= 2"),
+        (dict(baseline="greedy"), "train_decoding='sample'"),
+        (dict(num_generations=3), "would repeat"),
+        (dict(max_new_tokens=80), "at most 75"),
+        (dict(baseline="typo"), "baseline='typo'"),
+        (dict(reward_type="clipscore"), "reward_type='clipscore'"),
+        (dict(top_p=0.0), "top_p=0.0"),
+    ],
+)
+def test_invalid_configs_fail_at_construction(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_config(tmp_path, **overrides)
+
+
+def test_dataset_without_the_image_column_names_the_columns(tmp_path):
+    dataset = datasets.Dataset.from_dict({"picture": random_images(4), "caption": ["x"] * 4})
+    with pytest.raises(ValueError, match=r"no column 'image'.*\['picture', 'caption'\]"):
+        make_trainer(tmp_path, dataset=dataset)
+
+
+def test_batch_of_one_without_hard_negatives_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="per_device_train_batch_size=1 .* leaves no in-batch distractors"):
+        make_trainer(tmp_path, per_device_train_batch_size=1)
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    good = []
+    for image in random_images(8):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        good.append({"bytes": buffer.getvalue(), "path": None})
+    good[1] = {"bytes": good[1]["bytes"][:40], "path": None}  # truncated file
+    good[5] = {"bytes": b"not an image at all", "path": None}
+    dataset = datasets.Dataset.from_dict({"image": good}).cast_column("image", datasets.Image())
+    trainer = make_trainer(tmp_path, dataset=dataset)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[-1]["data/unreadable_images"] == 2
+    assert trainer.state.global_step == 2
+
+
+class NaNRewardModel(DiscriminativeRewardModel):
+    def compute_rewards(self, logits, target_indices):
+        return torch.full((logits.shape[0],), float("nan"))
+
+
+def test_nan_reward_stops_before_any_checkpoint(tmp_path):
+    reward_model = NaNRewardModel(tiny_open_clip_retriever(seed=0))
+    trainer = make_trainer(tmp_path, reward_model=reward_model, save_strategy="steps", save_steps=1)
+    with pytest.raises(FloatingPointError, match="Non-finite reward at training step 1"):
+        trainer.train()
+    output_dir = trainer.args.output_dir
+    assert not os.path.isdir(output_dir) or not any(name.startswith("checkpoint") for name in os.listdir(output_dir))
+
+
+def test_bf16_autocast_steps_on_cpu(tmp_path):
+    trainer = make_trainer(tmp_path, bf16=True, max_steps=1)
+    trainer.train()
+    assert np.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_lora_trains_only_adapters(tmp_path):
+    from peft import LoraConfig
+
+    trainer = DiscriTuneTrainer(
+        model=tiny_clipcap_policy(seed=0),
+        reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
+        args=make_config(tmp_path, kl_coef=0.1),
+        train_dataset=image_dataset(8),
+        peft_config=LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False),
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all("lora_" in name for name in changed)
+    assert any(np.isfinite(entry.get("kl", np.nan)) for entry in trainer.state.log_history)
