@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 
@@ -109,6 +111,9 @@ class DiscriTuneConfig(TrainingArguments):
         default=False, metadata={"help": "Keep dataset columns: the collator picks the image column itself."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable policy parameter takes part in the log-prob pass."}
+    )
 
     # > Data
     image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
@@ -155,6 +160,10 @@ class DiscriTuneConfig(TrainingArguments):
     num_sample_captions_to_log: int = field(default=4, metadata={"help": "Sample captions logged per log step."})
 
     def __post_init__(self):
+        if os.environ.get("WORLD_SIZE", "1") != "1" and not _has_accelerator():
+            # Several processes on a machine without accelerator (`accelerate launch --multi_gpu --num_processes 2`
+            # on CPUs): without this, Accelerate would see no device to distribute over and skip DDP.
+            self.use_cpu = True
         super().__post_init__()
         self._check_choice("train_decoding", TRAIN_DECODINGS)
         self._check_choice("baseline", BASELINES)
@@ -202,3 +211,11 @@ class DiscriTuneConfig(TrainingArguments):
         value = getattr(self, name)
         if value not in choices:
             raise ValueError(f"{name}={value!r} is not one of {choices}.")
+
+
+def _has_accelerator() -> bool:
+    return (
+        torch.cuda.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        or (torch.backends.mps.is_available())
+    )

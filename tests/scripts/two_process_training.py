@@ -1,0 +1,74 @@
+"""Run by tests/test_trainer_distributed.py under `accelerate launch` with 2 CPU processes.
+
+Trains the tiny policy for two steps and writes, per rank, what the test compares: the first step's captions,
+retriever pixels, rewards and candidate count, the log history and the final weights.
+"""
+
+import sys
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from discritune_trl import DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
+from discritune_trl.testing.clipcap import tiny_clipcap_policy
+from discritune_trl.testing.retrievers import tiny_open_clip_retriever
+
+
+class RecordingRewardModel(DiscriminativeRewardModel):
+    """Keeps the inputs and outputs of the first call."""
+
+    first_call = None
+
+    def forward(self, captions, pixel_values=None, image_embeds=None, **kwargs):
+        output = super().forward(captions, pixel_values=pixel_values, image_embeds=image_embeds, **kwargs)
+        if self.first_call is None:
+            self.first_call = {
+                "captions": list(captions),
+                "pixel_values": pixel_values.detach().cpu(),
+                "rewards": output.rewards.detach().cpu(),
+                "num_candidates": output.logits.shape[1],
+            }
+        return output
+
+
+def main(out_dir: str) -> None:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
+    dataset = datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
+    args = DiscriTuneConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        max_new_tokens=6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    reward_model = RecordingRewardModel(tiny_open_clip_retriever(seed=0))
+    trainer = DiscriTuneTrainer(
+        model=tiny_clipcap_policy(seed=0), reward_model=reward_model, args=args, train_dataset=dataset
+    )
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    torch.save(
+        {
+            "num_processes": trainer.accelerator.num_processes,
+            "first_call": reward_model.first_call,
+            "log_history": trainer.state.log_history,
+            "baseline": trainer.running_mean.state_dict(),
+            "weights": {
+                name: p.detach().cpu()
+                for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
+            },
+        },
+        f"{out_dir}/rank{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

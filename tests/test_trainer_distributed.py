@@ -1,0 +1,46 @@
+"""Two CPU processes under `accelerate launch`: global-batch rewards, one baseline, weights kept in sync."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from discritune_trl import DiscriminativeRewardModel
+from discritune_trl.testing.retrievers import tiny_open_clip_retriever
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.distributed
+def test_two_process_training_uses_the_global_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(ROOT, "examples", "accelerate_configs", "cpu_2proc.yaml"),
+        "--main_process_port", "0",
+        os.path.join(ROOT, "tests", "scripts", "two_process_training.py"), str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    assert all(rank["num_processes"] == 2 for rank in ranks)
+
+    # Every caption was scored against the 8 images of the global batch, not the 4 of its process...
+    assert all(rank["first_call"]["num_candidates"] == 8 for rank in ranks)
+    # ...and its reward equals one process scoring the same 8 captions against the same 8 images.
+    single = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0))
+    captions = ranks[0]["first_call"]["captions"] + ranks[1]["first_call"]["captions"]
+    pixels = torch.cat([ranks[0]["first_call"]["pixel_values"], ranks[1]["first_call"]["pixel_values"]])
+    expected = single(captions, pixel_values=pixels).rewards
+    got = torch.cat([ranks[0]["first_call"]["rewards"], ranks[1]["first_call"]["rewards"]])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    # The logged reward is the global mean, and both processes hold the same baseline and the same weights.
+    first_log = next(entry for entry in ranks[0]["log_history"] if "reward/mean" in entry)
+    assert first_log["reward/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+    assert ranks[0]["baseline"] == ranks[1]["baseline"]
+    for name, weight in ranks[0]["weights"].items():
+        assert torch.equal(weight, ranks[1]["weights"][name]), name
