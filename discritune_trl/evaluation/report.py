@@ -125,13 +125,12 @@ def evaluation_report_markdown(
     recall_columns = [key for key in METRIC_HEADERS if key.startswith("recall_at_") and by_model(key)]
     if recall_columns:
         sections.append("## Text-to-image retrieval: recall@k over the whole test set (%)\n")
-        sections.append(
-            markdown_metric_blocks(
-                {d: {m: v for m, v in models.items() if "recall_at_1" in v} for d, models in results.items()},
-                columns=recall_columns,
-                digits=1,
-            )
-        )
+        recall_results = {
+            dataset: {model: metrics for model, metrics in models.items() if recall_columns[0] in metrics}
+            for dataset, models in results.items()
+        }
+        recall_results = {dataset: models for dataset, models in recall_results.items() if models}
+        sections.append(markdown_metric_blocks(recall_results, columns=recall_columns, digits=1))
     caption_results = {
         dataset: {model: metrics for model, metrics in models.items() if "bleu_4" in metrics or "cider" in metrics}
         for dataset, models in results.items()
