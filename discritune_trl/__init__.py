@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0.dev0"
 
+from .evaluation import (
+    build_hard_distractor_sets,
+    caption_metrics,
+    evaluate_captions,
+    precision_at_1,
+    recall_at_k,
+    retrieval_metrics,
+)
 from .models.policy import CaptioningPolicy, CaptionOutput
 from .retrievers.base import Retriever
 
@@ -11,4 +19,10 @@ __all__ = [
     "CaptioningPolicy",
     "Retriever",
     "__version__",
+    "build_hard_distractor_sets",
+    "caption_metrics",
+    "evaluate_captions",
+    "precision_at_1",
+    "recall_at_k",
+    "retrieval_metrics",
 ]
