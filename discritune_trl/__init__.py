@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0.dev0"
 
+from .evaluation import (
+    build_hard_distractor_sets,
+    caption_metrics,
+    evaluate_captions,
+    precision_at_1,
+    recall_at_k,
+    retrieval_metrics,
+)
 from .models.clipcap import ClipCapConfig, ClipCapPolicy
 from .models.policy import CaptioningPolicy, CaptionOutput
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
@@ -22,4 +30,10 @@ __all__ = [
     "RewardOutput",
     "TransformersCLIPRetriever",
     "__version__",
+    "build_hard_distractor_sets",
+    "caption_metrics",
+    "evaluate_captions",
+    "precision_at_1",
+    "recall_at_k",
+    "retrieval_metrics",
 ]

@@ -29,3 +29,23 @@ def test_markdown_metric_blocks_table2_layout_counts_unscaled():
         "|---|---:|---:|---:|---:|---:|\n"
         "| ClipCap-COCO | 32.60 | 27.50 | 108.55 | – | 3 |\n"
     )
+
+
+def test_evaluation_report_sections():
+    from discritune_trl.evaluation.report import evaluation_report_markdown
+
+    results = {
+        "COCO": {
+            "ClipCap": {"precision_at_1": 0.742, "recall_at_1": 0.3, "num_candidates": 100, "bleu_4": 0.326},
+            "DiscriTune": {"precision_at_1": 0.848, "imagecode_accuracy": 0.34, "skipped": {"spice": "no jars."}},
+        },
+        "Flickr": {"ClipCap": {"precision_at_1": 0.659, "num_candidates": 100}},
+    }
+    report = evaluation_report_markdown(results)
+    assert "## Text-to-image retrieval: P@1 with 100 candidates (%)" in report
+    assert "| ClipCap | 74.2 | 65.9 |\n| DiscriTune | 84.8 | – |" in report
+    assert "### Flickr" not in report  # no recall or captioning metrics for Flickr
+    assert "| Model | R@1 |\n|---|---:|\n| ClipCap | 30.0 |" in report
+    assert "| ClipCap | 32.60 | – | – | – |" in report
+    assert "| DiscriTune | 34.0 |" in report
+    assert report.endswith("## Skipped\n\n- no jars.\n")

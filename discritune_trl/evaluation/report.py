@@ -95,3 +95,56 @@ def markdown_metric_blocks(
         for dataset, models in results.items()
     ]
     return "\n".join(blocks)
+
+
+def evaluation_report_markdown(
+    results: Mapping[str, Mapping[str, Mapping[str, object]]], title: str = "Evaluation"
+) -> str:
+    """The full report of `examples/evaluate_captioner.py`, from `{dataset: {model: metrics}}`.
+
+    Sections, each in the paper's layout: retrieval P@1 (Table 1: models x datasets), recall@k, captioning
+    metrics per dataset (Tables 2-3: B@4, M, C, S), hard-distractor accuracy (Table 11) when computed, and
+    the metrics that were skipped, with the reason.
+    """
+
+    def by_model(metric: str) -> dict[str, dict[str, object]]:
+        table: dict[str, dict[str, object]] = {}
+        for dataset, models in results.items():
+            for model, metrics in models.items():
+                if metric in metrics:
+                    table.setdefault(model, {})[dataset] = metrics[metric]
+        return table
+
+    all_metrics = [metrics for models in results.values() for metrics in models.values()]
+    candidates = sorted({m["num_candidates"] for m in all_metrics if "num_candidates" in m})
+    sections = [f"# {title}\n"]
+    p_at_1 = by_model("precision_at_1")
+    if p_at_1:
+        sections.append(f"## Text-to-image retrieval: P@1 with {'/'.join(map(str, candidates))} candidates (%)\n")
+        sections.append(markdown_table(p_at_1, digits=1))
+    recall_columns = [key for key in METRIC_HEADERS if key.startswith("recall_at_") and by_model(key)]
+    if recall_columns:
+        sections.append("## Text-to-image retrieval: recall@k over the whole test set (%)\n")
+        recall_results = {
+            dataset: {model: metrics for model, metrics in models.items() if recall_columns[0] in metrics}
+            for dataset, models in results.items()
+        }
+        recall_results = {dataset: models for dataset, models in recall_results.items() if models}
+        sections.append(markdown_metric_blocks(recall_results, columns=recall_columns, digits=1))
+    caption_results = {
+        dataset: {model: metrics for model, metrics in models.items() if "bleu_4" in metrics or "cider" in metrics}
+        for dataset, models in results.items()
+    }
+    caption_results = {dataset: models for dataset, models in caption_results.items() if models}
+    if caption_results:
+        sections.append("## Captioning metrics (BLEU@4, METEOR, CIDEr, SPICE; x100)\n")
+        sections.append(markdown_metric_blocks(caption_results))
+    imagecode = by_model("imagecode_accuracy")
+    if imagecode:
+        sections.append("## Retrieval among hard distractors, 10 candidates (ImageCoDe-style, %)\n")
+        sections.append(markdown_table(imagecode, digits=1))
+    skipped = {reason for metrics in all_metrics for reason in (metrics.get("skipped") or {}).values()}
+    if skipped:
+        sections.append("## Skipped\n")
+        sections.append("".join(f"- {reason}\n" for reason in sorted(skipped)))
+    return "\n".join(sections)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import datasets
 import torch
 from PIL import Image
 
@@ -174,12 +175,24 @@ def encode_captions(retriever: Retriever, captions: Sequence[str], batch_size: i
 
 
 @torch.no_grad()
-def encode_gallery(retriever: Retriever, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
-    """Embed PIL images with `retriever.preprocess` + `encode_images`, `batch_size` at a time; `[N, D]` on CPU."""
+def encode_gallery(
+    retriever: Retriever,
+    images: Sequence[Image.Image] | datasets.Dataset,
+    batch_size: int = 64,
+    image_column: str = "image",
+) -> torch.Tensor:
+    """Embed images with `retriever.preprocess` + `encode_images`, `batch_size` at a time; `[N, D]` on CPU.
+
+    `images` is a sequence of PIL images or a `datasets.Dataset`, read a batch at a time from `image_column`.
+    """
     device = _retriever_device(retriever)
     embeds = []
     for start in range(0, len(images), batch_size):
-        pixel_values = retriever.preprocess(list(images[start : start + batch_size])).to(device)
+        if isinstance(images, datasets.Dataset):
+            batch = images[start : start + batch_size][image_column]
+        else:
+            batch = list(images[start : start + batch_size])
+        pixel_values = retriever.preprocess(batch).to(device)
         embeds.append(retriever.encode_images(pixel_values).float().cpu())
     return torch.cat(embeds) if embeds else torch.empty(0, 0)
 
