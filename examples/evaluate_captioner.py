@@ -22,10 +22,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import datasets
 from transformers import HfArgumentParser
 
-import discritune_trl
 from discritune_trl.evaluation import (
     build_hard_distractor_sets,
     caption_images,
@@ -33,7 +31,9 @@ from discritune_trl.evaluation import (
     evaluate_captions,
     evaluation_report_markdown,
 )
+from discritune_trl.models.auto import load_policy
 from discritune_trl.models.policy import CaptioningPolicy
+from discritune_trl.utils.data import load_image_dataset
 
 
 @dataclass
@@ -81,37 +81,10 @@ def resolve_class(dotted: str):
     return getattr(importlib.import_module(module_name), name)
 
 
-def load_policy(path: str, policy_class: str) -> CaptioningPolicy:
+def load_evaluation_policy(path: str, policy_class: str) -> CaptioningPolicy:
     if policy_class != "auto":
         return resolve_class(policy_class).from_pretrained(path)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{path} has no config.json to pick a policy class from; pass --policy_class.")
-    with open(config_path) as handle:
-        model_type = json.load(handle).get("model_type")
-    for name in discritune_trl.__all__:
-        candidate = getattr(discritune_trl, name)
-        config_class = getattr(candidate, "config_class", None)
-        if isinstance(candidate, type) and issubclass(candidate, CaptioningPolicy) and config_class is not None:
-            if config_class.model_type == model_type:
-                return candidate.from_pretrained(path)
-    raise ValueError(f"No discritune_trl policy has model_type={model_type!r} ({path}); pass --policy_class.")
-
-
-def load_evaluation_dataset(path: str, split: str) -> datasets.Dataset:
-    if os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, name)) for name in ("dataset_info.json", "dataset_dict.json", "state.json")
-    ):
-        dataset = datasets.load_from_disk(path)
-    elif os.path.isdir(path):
-        return datasets.load_dataset("imagefolder", data_dir=path, split=split)
-    else:
-        return datasets.load_dataset(path, split=split)
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise ValueError(f"{path} has splits {list(dataset)}, not {split!r}; pass --split.")
-        dataset = dataset[split]
-    return dataset
+    return load_policy(path)
 
 
 def main(args: EvaluationArguments) -> dict:
@@ -121,12 +94,15 @@ def main(args: EvaluationArguments) -> dict:
         raise ValueError("Pass one --model_names entry per model and one --dataset_names entry per dataset.")
     os.makedirs(args.output_dir, exist_ok=True)
     retriever = resolve_class(args.retriever_class)(**json.loads(args.retriever_kwargs)).to(args.device)
-    policies = {name: load_policy(path, args.policy_class) for name, path in zip(model_names, args.model_name_or_path)}
+    policies = {
+        name: load_evaluation_policy(path, args.policy_class)
+        for name, path in zip(model_names, args.model_name_or_path)
+    }
 
     results: dict = {}
     generated: dict = {}
     for dataset_name, path in zip(dataset_names, args.dataset_paths):
-        dataset = load_evaluation_dataset(path, args.split)
+        dataset = load_image_dataset(path, args.split)
         image_embeds = encode_gallery(retriever, dataset, batch_size=args.batch_size, image_column=args.image_column)
         references = dataset[args.captions_column] if args.captions_column in dataset.column_names else None
         hard_sets = build_hard_distractor_sets(image_embeds, seed=args.seed) if args.hard_distractors else None
