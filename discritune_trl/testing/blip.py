@@ -113,7 +113,8 @@ def tiny_blip(seed: int = 0) -> tuple[BlipForConditionalGeneration, BlipProcesso
 def tiny_vit_gpt2(seed: int = 0) -> tuple[VisionEncoderDecoderModel, ViTImageProcessor, PreTrainedTokenizerFast]:
     """A tiny random ViT -> GPT-2 `VisionEncoderDecoderModel`, its image processor and its BPE tokenizer.
 
-    The encoder (width 24) and decoder (width 32) differ, so the model carries its `enc_to_dec_proj`.
+    The encoder (width 24) and decoder (width 32) differ, so the model carries its `enc_to_dec_proj`. The ViT keeps
+    its (unused) pooler so that the model rebuilt from its config has the same parameters.
     """
     tokenizer = tiny_bpe_tokenizer()
     torch.manual_seed(seed)
@@ -125,8 +126,7 @@ def tiny_vit_gpt2(seed: int = 0) -> tuple[VisionEncoderDecoderModel, ViTImagePro
             num_attention_heads=4,
             image_size=TINY_IMAGE_SIZE,
             patch_size=TINY_PATCH_SIZE,
-        ),
-        add_pooling_layer=False,
+        )
     )
     eos = tokenizer.eos_token_id
     decoder_config = GPT2Config(

@@ -42,8 +42,9 @@ class BlipPolicy(HFCaptionerMixin, BlipForConditionalGeneration):
 
     config_class = BlipPolicyConfig
     family = BlipFamily()
-    # The text decoder's attention projections: queries/values of self- and cross-attention.
-    lora_target_modules = ["text_decoder.bert.encoder.layer.*.(attention|crossattention).self.(query|value)"]
+    # A regex (peft's `target_modules` as a string): queries and values of the text decoder's self- and
+    # cross-attention.
+    lora_target_modules = r"text_decoder\.bert\.encoder\.layer\.\d+\.(attention|crossattention)\.self\.(query|value)"
 
     def __init__(self, config, processor=None, *, image_processor=None, tokenizer=None):
         if not isinstance(config, BlipPolicyConfig):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
-from transformers import CONFIG_MAPPING, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 
 
 @strict
@@ -42,3 +42,7 @@ class HFCaptionerConfig(PreTrainedConfig):
             )
         config_dict = dict(self.captioner_config)
         return CONFIG_MAPPING[config_dict.pop("model_type")].from_dict(config_dict)
+
+
+# Lets `AutoConfig` (and so `AutoTokenizer` / `AutoProcessor`) read a saved policy folder's config.json.
+AutoConfig.register(HFCaptionerConfig.model_type, HFCaptionerConfig, exist_ok=True)

@@ -51,6 +51,8 @@ class HFCaptionerPolicy(HFCaptionerMixin, PreTrainedModel):
         super().__init__(config)
         self.captioner = captioner if captioner is not None else self._build_captioner(config)
         self.family = family if family is not None else find_family(self.captioner)
+        # Registers the captioner's tied weights with the wrapper; modules already initialised keep their weights.
+        self.post_init()
         self._init_policy(*split_processor(processor, image_processor, tokenizer))
 
     @staticmethod

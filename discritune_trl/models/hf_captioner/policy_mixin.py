@@ -61,10 +61,14 @@ class HFCaptionerMixin(CaptioningPolicy):
         self.tokenizer = None
         self._prefix_ids = None  # [P] start tokens + prompt tokens
         self.stop_token_ids: list[int] = []
-        if self.config.freeze_vision_encoder:
-            self.family.vision_encoder(self.captioner_model).requires_grad_(False)
+        self._freeze_vision_encoder()
         if image_processor is not None or tokenizer is not None:
             self.set_processor(image_processor=image_processor, tokenizer=tokenizer)
+
+    def _freeze_vision_encoder(self) -> None:
+        # Called again after `from_pretrained`, whose loading replaces the parameters built by `__init__`.
+        if self.config.freeze_vision_encoder:
+            self.family.vision_encoder(self.captioner_model).requires_grad_(False).eval()
 
     @property
     def caches_image_features(self) -> bool:
@@ -88,6 +92,14 @@ class HFCaptionerMixin(CaptioningPolicy):
                 f"The tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) does not match the model, which "
                 f"embeds {num_embeddings} tokens; pass the processor saved with the model."
             )
+        end_id = self.family.end_token_id(model)
+        tokenizer_end_ids = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
+        if end_id is not None and end_id not in tokenizer_end_ids:
+            raise ValueError(
+                f"The tokenizer ({type(tokenizer).__name__}) does not match the model: the model ends captions with id "
+                f"{end_id}, the tokenizer's end tokens are {sorted(tokenizer_end_ids)} (eos, sep); pass the processor "
+                "saved with the model."
+            )
         vision_config = self.family.vision_encoder(model).config
         pixel_values = image_processor(images=[Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"]
         expected = getattr(vision_config, "image_size", None)
@@ -101,7 +113,6 @@ class HFCaptionerMixin(CaptioningPolicy):
             )
         prompt_ids = tokenizer(self.config.prompt, add_special_tokens=False)["input_ids"] if self.config.prompt else []
         self._prefix_ids = torch.tensor(self.family.start_token_ids(model) + list(prompt_ids), dtype=torch.long)
-        end_id = self.family.end_token_id(model)
         if self.config.stop_at_full_stop:
             self.stop_token_ids = full_stop_token_ids(tokenizer, extra_ids=[end_id])
         else:
@@ -301,6 +312,7 @@ class HFCaptionerMixin(CaptioningPolicy):
         image_processor, tokenizer = split_processor(processor, image_processor, tokenizer)
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model._freeze_vision_encoder()
         try:
             image_processor = image_processor or AutoImageProcessor.from_pretrained(
                 pretrained_model_name_or_path, **hub_kwargs
