@@ -56,7 +56,7 @@ def tiny_bpe_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
+        vocab_size=400,
         special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -140,6 +140,8 @@ def tiny_vit_gpt2(seed: int = 0) -> tuple[VisionEncoderDecoderModel, ViTImagePro
         pad_token_id=eos,
         add_cross_attention=True,
         is_decoder=True,
+        # Untied: with tied random embeddings the start token (EOS) predicts itself and every caption is empty.
+        tie_word_embeddings=False,
     )
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=GPT2LMHeadModel(decoder_config))
     model.config.decoder_start_token_id = eos

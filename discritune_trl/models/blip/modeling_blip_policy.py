@@ -14,7 +14,7 @@ from transformers import BlipForConditionalGeneration
 
 from ..hf_captioner.families import BlipFamily
 from ..hf_captioner.policy_mixin import HFCaptionerMixin, split_processor
-from .configuration_blip_policy import BlipPolicyConfig
+from .configuration_blip_policy import DEFAULT_BLIP_PROMPT, BlipPolicyConfig
 
 
 class BlipPolicy(HFCaptionerMixin, BlipForConditionalGeneration):
@@ -25,6 +25,7 @@ class BlipPolicy(HFCaptionerMixin, BlipForConditionalGeneration):
     ```python
     policy = BlipPolicy.from_pretrained("Salesforce/blip-image-captioning-base")  # processor loaded too
     policy = BlipPolicy(BlipPolicyConfig(...), processor=processor)  # random weights, e.g. tiny for tests
+    policy = BlipPolicy.from_blip(blip_model, processor)  # an already loaded BlipForConditionalGeneration
     ```
 
     It implements the policy interface (`preprocess`, `encode_images`, `generate_captions`,
@@ -51,6 +52,30 @@ class BlipPolicy(HFCaptionerMixin, BlipForConditionalGeneration):
             config = BlipPolicyConfig(**config.to_dict())
         super().__init__(config)
         self._init_policy(*split_processor(processor, image_processor, tokenizer))
+
+    @classmethod
+    def from_blip(
+        cls,
+        model: BlipForConditionalGeneration,
+        processor=None,
+        *,
+        image_processor=None,
+        tokenizer=None,
+        prompt: str = DEFAULT_BLIP_PROMPT,
+        freeze_vision_encoder: bool = True,
+        stop_at_full_stop: bool = True,
+    ) -> BlipPolicy:
+        """A policy with the weights of an existing `BlipForConditionalGeneration` (copied) and its processor."""
+        if not isinstance(model, BlipForConditionalGeneration):
+            raise TypeError(
+                f"model is a {type(model).__name__}, expected a BlipForConditionalGeneration; for other captioners use "
+                "HFCaptionerPolicy.from_captioner."
+            )
+        options = dict(prompt=prompt, freeze_vision_encoder=freeze_vision_encoder, stop_at_full_stop=stop_at_full_stop)
+        config = BlipPolicyConfig(**{**model.config.to_dict(), **options})
+        policy = cls(config, processor, image_processor=image_processor, tokenizer=tokenizer)
+        policy.load_state_dict(model.state_dict())
+        return policy.to(model.dtype)
 
     @property
     def captioner_model(self) -> BlipForConditionalGeneration:
