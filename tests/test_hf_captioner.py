@@ -114,7 +114,10 @@ def test_several_captions_per_image_are_consecutive(family, pixel_values):
     one_by_one = torch.stack(
         [
             policy.caption_log_probs(
-                out.sequences[i : i + 1], out.caption_mask[i : i + 1], pixel_values[i // 2 : i // 2 + 1], reduction="sum"
+                out.sequences[i : i + 1],
+                out.caption_mask[i : i + 1],
+                pixel_values[i // 2 : i // 2 + 1],
+                reduction="sum",
             )[0]
             for i in range(6)
         ]
@@ -202,5 +205,7 @@ def test_a_processor_that_does_not_match_the_model_is_rejected():
     git, git_processor = tiny_git()
     git_processor.image_processor.crop_size = {"height": 48, "width": 48}
     git_processor.image_processor.size = {"shortest_edge": 48}
-    with pytest.raises(ValueError, match=r"makes images of shape \(3, 48, 48\) but the vision encoder reads \(3, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"makes images of shape \(3, 48, 48\) but the vision encoder reads \(3, 32, 32\)"
+    ):
         HFCaptionerPolicy.from_captioner(git, git_processor)

@@ -22,10 +22,10 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
+    VisionEncoderDecoderModel,
     ViTConfig,
     ViTImageProcessor,
     ViTModel,
-    VisionEncoderDecoderModel,
 )
 
 

@@ -91,7 +91,12 @@ class HFCaptionerPolicy(HFCaptionerMixin, PreTrainedModel):
             stop_at_full_stop=stop_at_full_stop,
         )
         return cls(
-            config, captioner=model, processor=processor, image_processor=image_processor, tokenizer=tokenizer, family=family
+            config,
+            captioner=model,
+            processor=processor,
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            family=family,
         )
 
     @property

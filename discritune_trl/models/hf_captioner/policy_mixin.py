@@ -16,7 +16,14 @@ from PIL import Image
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, GenerationConfig
 
-from ..policy import CaptioningPolicy, CaptionOutput, full_stop_token_ids, reduce_token_log_probs, to_rgb, truncate_at_stop
+from ..policy import (
+    CaptioningPolicy,
+    CaptionOutput,
+    full_stop_token_ids,
+    reduce_token_log_probs,
+    to_rgb,
+    truncate_at_stop,
+)
 from .families import CaptionerFamily
 
 
@@ -105,7 +112,9 @@ class HFCaptionerMixin(CaptioningPolicy):
         expected = getattr(vision_config, "image_size", None)
         expected = tuple(expected) if isinstance(expected, (list, tuple)) else (expected, expected)
         channels = getattr(vision_config, "num_channels", pixel_values.shape[1])
-        if expected != (None, None) and (tuple(pixel_values.shape[-2:]) != expected or pixel_values.shape[1] != channels):
+        if expected != (None, None) and (
+            tuple(pixel_values.shape[-2:]) != expected or pixel_values.shape[1] != channels
+        ):
             raise ValueError(
                 f"The image processor ({type(image_processor).__name__}) makes images of shape "
                 f"{tuple(pixel_values.shape[1:])} but the vision encoder reads {(channels, *expected)}; pass the "
@@ -214,7 +223,9 @@ class HFCaptionerMixin(CaptioningPolicy):
             max_new_tokens, do_sample, num_beams, temperature, top_k, top_p, num_return_sequences
         )
         with torch.no_grad():
-            sequences = self.family.generate(self.captioner_model, features, prefix_ids, prefix_mask, generation_config)
+            sequences = self.family.generate(
+                self.captioner_model, features, prefix_ids, prefix_mask, generation_config
+            )
         new_ids = sequences[:, prefix_ids.shape[1] :]  # [B * G, T]
         stop_ids = torch.tensor(self.stop_token_ids, device=new_ids.device)
         sequences, caption_mask, stopped = truncate_at_stop(new_ids, stop_ids, generation_config.pad_token_id)
