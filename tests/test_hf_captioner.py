@@ -7,7 +7,7 @@ do not reuse the family code they test.
 import pytest
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from transformers import BlipForConditionalGeneration, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
 from discritune_trl.models.blip import BlipPolicy
 from discritune_trl.models.hf_captioner import HFCaptionerPolicy
@@ -209,3 +209,25 @@ def test_a_processor_that_does_not_match_the_model_is_rejected():
         ValueError, match=r"makes images of shape \(3, 48, 48\) but the vision encoder reads \(3, 32, 32\)"
     ):
         HFCaptionerPolicy.from_captioner(git, git_processor)
+
+
+def test_forward_routes_the_trainers_log_prob_pass_and_keeps_the_captioner_forward(family, pixel_values):
+    policy = BUILDERS[family]()
+    out = policy.generate_captions(pixel_values, max_new_tokens=5)
+    through_forward = policy(
+        pixel_values, caption_ids=out.sequences, caption_mask=out.caption_mask, log_prob_reduction="none"
+    )
+    torch.testing.assert_close(
+        through_forward, policy.caption_log_probs(out.sequences, out.caption_mask, pixel_values, reduction="none")
+    )
+    text_ids = torch.cat([prefix_ids(policy, 3), out.sequences], dim=1)
+    plain_kwargs = {"decoder_input_ids" if policy.family.name == "vision-encoder-decoder" else "input_ids": text_ids}
+    if family == "blip":  # BlipPolicy is a BlipForConditionalGeneration: its own forward, unbound
+        captioner_logits = BlipForConditionalGeneration.forward(
+            policy, pixel_values=pixel_values, **plain_kwargs
+        ).logits
+    else:
+        captioner_logits = policy.captioner(pixel_values=pixel_values, **plain_kwargs).logits
+    torch.testing.assert_close(policy(pixel_values=pixel_values, **plain_kwargs).logits, captioner_logits)
+    with pytest.raises(ValueError, match="image_embeds is only accepted with caption_ids"):
+        policy(image_embeds=policy.encode_images(pixel_values), **plain_kwargs)

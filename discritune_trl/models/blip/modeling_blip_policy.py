@@ -29,7 +29,8 @@ class BlipPolicy(HFCaptionerMixin, BlipForConditionalGeneration):
     ```
 
     It implements the policy interface (`preprocess`, `encode_images`, `generate_captions`,
-    `caption_log_probs`) and stays a `BlipForConditionalGeneration`: `forward` and `generate` are BLIP's.
+    `caption_log_probs`) and stays a `BlipForConditionalGeneration`: `generate` is BLIP's, and so is `forward`
+    except when called with `caption_ids` (the trainer's log-prob pass, see `HFCaptionerMixin.forward`).
     `save_pretrained` / `push_to_hub` also write the processor. For LoRA, wrap it with
     `peft.get_peft_model(policy, LoraConfig(target_modules=BlipPolicy.lora_target_modules))` (or pass
     `peft_config` to the trainer).
@@ -76,6 +77,9 @@ class BlipPolicy(HFCaptionerMixin, BlipForConditionalGeneration):
         policy = cls(config, processor, image_processor=image_processor, tokenizer=tokenizer)
         policy.load_state_dict(model.state_dict())
         return policy.to(model.dtype)
+
+    def _captioner_forward(self, **kwargs):
+        return BlipForConditionalGeneration.forward(self, **kwargs)
 
     @property
     def captioner_model(self) -> BlipForConditionalGeneration:

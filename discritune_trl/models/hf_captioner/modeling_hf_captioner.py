@@ -99,6 +99,9 @@ class HFCaptionerPolicy(HFCaptionerMixin, PreTrainedModel):
             family=family,
         )
 
+    def _captioner_forward(self, **kwargs):
+        return self.captioner(**kwargs)
+
     @property
     def captioner_model(self) -> nn.Module:
         """The wrapped `transformers` model."""

@@ -302,6 +302,36 @@ class HFCaptionerMixin(CaptioningPolicy):
         token_log_probs = caption_logits.log_softmax(dim=-1).gather(-1, caption_ids.unsqueeze(-1)).squeeze(-1)
         return reduce_token_log_probs(token_log_probs, caption_mask, reduction)
 
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        *,
+        image_embeds: torch.Tensor | None = None,
+        caption_ids: torch.LongTensor | None = None,
+        caption_mask: torch.LongTensor | None = None,
+        log_prob_reduction: str | None = None,
+        **kwargs,
+    ):
+        """The log-prob pass when `caption_ids` is given, else the wrapped captioner's own `forward`.
+
+        `DiscriTuneTrainer` calls `model(pixel_values | image_embeds, caption_ids=, caption_mask=,
+        log_prob_reduction=)` so that DDP / FSDP / DeepSpeed wrappers see the pass with gradients; that returns
+        :meth:`caption_log_probs` (`reduction=log_prob_reduction`, `"mean"` when None). Any other call (e.g.
+        `input_ids=`, `labels=` for maximum-likelihood training) goes to the captioner's forward unchanged.
+        """
+        if caption_ids is not None:
+            return self.caption_log_probs(
+                caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction or "mean"
+            )
+        if image_embeds is not None:
+            raise ValueError("image_embeds is only accepted with caption_ids (the log-prob pass); pass pixel_values.")
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values
+        return self._captioner_forward(**kwargs)
+
+    def _captioner_forward(self, **kwargs):
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ checkpoints
 
     def save_pretrained(self, save_directory, *args, **kwargs):
