@@ -10,21 +10,33 @@ from .evaluation import (
     recall_at_k,
     retrieval_metrics,
 )
-from .models.clipcap import ClipCapConfig, ClipCapPolicy
-from .models.policy import CaptioningPolicy, CaptionOutput
+from .models import (
+    BlipPolicy,
+    BlipPolicyConfig,
+    CaptioningPolicy,
+    CaptionOutput,
+    ClipCapConfig,
+    ClipCapPolicy,
+    HFCaptionerConfig,
+    HFCaptionerPolicy,
+)
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
 from .rewards import DiscriminativeRewardModel, RewardOutput
 from .trainer import DiscriTuneConfig, DiscriTuneTrainer
 
 
 __all__ = [
+    "BlipPolicy",
+    "BlipPolicyConfig",
     "CaptionOutput",
+    "CaptioningPolicy",
     "ClipCapConfig",
     "ClipCapPolicy",
-    "CaptioningPolicy",
     "DiscriTuneConfig",
     "DiscriTuneTrainer",
     "DiscriminativeRewardModel",
+    "HFCaptionerConfig",
+    "HFCaptionerPolicy",
     "OpenCLIPRetriever",
     "Retriever",
     "RewardOutput",

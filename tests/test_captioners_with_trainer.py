@@ -1,0 +1,89 @@
+"""A few DiscriTune steps through the unchanged `DiscriTuneTrainer`, with BlipPolicy and HFCaptionerPolicy.
+
+Skipped where `DiscriTuneTrainer` is not importable (a branch cut before the trainer landed).
+"""
+
+import pytest
+import torch
+
+from discritune_trl.models.blip import BlipPolicy
+from discritune_trl.models.hf_captioner import HFCaptionerPolicy
+from discritune_trl.testing.blip import random_images, tiny_blip, tiny_git, tiny_vit_gpt2
+
+
+trainer_module = pytest.importorskip("discritune_trl.trainer")
+if not hasattr(trainer_module, "DiscriTuneTrainer"):
+    pytest.skip("DiscriTuneTrainer is not in this checkout", allow_module_level=True)
+datasets = pytest.importorskip("datasets")
+from discritune_trl.testing.retrievers import tiny_open_clip_retriever  # noqa: E402
+
+
+def blip_policy():
+    return BlipPolicy.from_blip(*tiny_blip())
+
+
+def vit_gpt2_policy():
+    model, image_processor, tokenizer = tiny_vit_gpt2()
+    return HFCaptionerPolicy.from_captioner(model, image_processor=image_processor, tokenizer=tokenizer)
+
+
+def git_policy():
+    return HFCaptionerPolicy.from_captioner(*tiny_git())
+
+
+def run_steps(policy, tmp_path, **trainer_kwargs):
+    dataset = datasets.Dataset.from_dict({"image": random_images(8, seed=3)}).cast_column("image", datasets.Image())
+    config_kwargs = trainer_kwargs.pop("config_kwargs", {})
+    args = trainer_module.DiscriTuneConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        max_new_tokens=6,
+        train_decoding="sample",
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        **config_kwargs,
+    )
+    trainer = trainer_module.DiscriTuneTrainer(
+        model=policy, reward_model=tiny_open_clip_retriever(), args=args, train_dataset=dataset, **trainer_kwargs
+    )
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("build", [blip_policy, vit_gpt2_policy, git_policy], ids=["blip", "vit-gpt2", "git"])
+def test_a_few_discritune_steps_train_the_decoder_only(build, tmp_path):
+    policy = build()
+    vision_encoder = policy.family.vision_encoder(policy.captioner_model)
+    vision_ids = {id(p) for p in vision_encoder.parameters()}
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    trainer = run_steps(policy, tmp_path)
+
+    logged = [entry for entry in trainer.state.log_history if "reward/mean" in entry]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(entry["reward/mean"])) for entry in logged)
+    changed = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
+    vision_names = {name for name, p in policy.named_parameters() if id(p) in vision_ids}
+    assert changed and not changed & vision_names
+
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = type(policy).from_pretrained(tmp_path / "final")
+    assert all(torch.equal(p, loaded.state_dict()[name]) for name, p in policy.state_dict().items())
+
+
+def test_lora_with_kl_to_the_adapter_free_policy_trains_only_adapters(tmp_path):
+    from peft import LoraConfig
+
+    policy = blip_policy()
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=BlipPolicy.lora_target_modules)
+    trainer = run_steps(policy, tmp_path, peft_config=peft_config, config_kwargs={"kl_coef": 0.1})
+    assert any("kl" in entry for entry in trainer.state.log_history)
+    base = trainer.model.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" not in name:  # the BLIP weights themselves (names unchanged by the LoRA wrapping)
+            key = name.replace(".base_layer", "")
+            assert torch.equal(p, before[key]), name
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in base.named_parameters() if "lora_B" in n)
