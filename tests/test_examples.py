@@ -1,0 +1,72 @@
+"""The example scripts run end to end offline, on data and checkpoints written here."""
+
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from discritune_trl import ClipCapPolicy
+from discritune_trl.testing.clipcap import tiny_clipcap_policy
+from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_clip_retriever
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_example(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, os.path.join(ROOT, "examples", script), *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_custom_retriever_example_prints_rewards():
+    result = run_example("custom_retriever.py")
+    assert "reward" in result.stdout.lower()
+
+
+def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(12)]
+    data = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"image": images[:8]}),
+            "test": datasets.Dataset.from_dict({"image": images[8:]}),
+        }
+    ).cast_column("image", datasets.Image())
+    data.save_to_disk(str(tmp_path / "data"))
+    tiny_clipcap_policy(seed=0).save_pretrained(str(tmp_path / "clipcap"))
+    retriever = tiny_open_clip_retriever(seed=0)
+    torch.save(retriever.model.state_dict(), tmp_path / "retriever.pt")
+    (tmp_path / "retriever.json").write_text(json.dumps(tiny_open_clip_config()))
+
+    output_dir = tmp_path / "out"
+    result = run_example(
+        "finetune_clipcap.py",
+        "--dataset_name", str(tmp_path / "data"),
+        "--clipcap_model", str(tmp_path / "clipcap"),
+        "--retriever_model_cfg", str(tmp_path / "retriever.json"),
+        "--retriever_checkpoint", str(tmp_path / "retriever.pt"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "4",
+        "--max_steps", "2",
+        "--learning_rate", "1e-3",
+        "--max_new_tokens", "6",
+        "--eval_num_beams", "2",
+        "--report_to", "none",
+        "--save_strategy", "no",
+        "--use_cpu",
+    )  # fmt: skip
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert 0 <= metrics["before"]["before_p_at_1"] <= 100 and 0 <= metrics["after"]["eval_p_at_1"] <= 100
+    assert str(output_dir) in result.stdout
+    policy = ClipCapPolicy.from_pretrained(str(output_dir))
+    assert policy.generate_captions(pixel_values=policy.preprocess(images[:2]), max_new_tokens=6).texts
+    assert "DiscriTune" in (output_dir / "README.md").read_text()
