@@ -1,0 +1,152 @@
+"""The main job's report: `results.json`, `results.md` (the paper's Tables 1-3 and 7 layouts) and two PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import torch
+
+from ..evaluation.captioning import caption_metrics
+from ..evaluation.report import markdown_metric_blocks, markdown_table
+from ..evaluation.retrieval import precision_at_1
+from .captions import color_word_rate
+
+
+SPLIT_TITLES = {"in_domain": "In-domain test", "shifted": "Shifted-domain test"}
+ROW_TITLES = {
+    "before": "ClipCap-World (MLE, before)",
+    "after": "DiscriTune-World (after)",
+    "human": "Human captions",
+    "descriptive": "Descriptive text",
+}
+
+
+def split_results(
+    captions: dict[str, list[str]],
+    text_embeds: dict[str, torch.Tensor],
+    image_embeds: torch.Tensor,
+    references: list[list[str]],
+    num_candidates: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of one test split.
+
+    Args:
+        captions: `{"before": [...], "after": [...], "human": [...], "descriptive": [...]}`, one text per image.
+        text_embeds: the retriever's embeddings of those texts, same keys.
+        image_embeds: `[N, D]` the retriever's image embeddings.
+        references: the reference captions of each image (for BLEU-4 and CIDEr).
+    """
+    num_candidates = min(num_candidates, image_embeds.shape[0])
+    p_at_1 = {
+        name: 100.0 * precision_at_1(embeds, image_embeds, num_candidates=num_candidates, seed=seed)
+        for name, embeds in text_embeds.items()
+    }
+    tokenizer = "ptb" if shutil.which("java") else "simple"
+    nlg = {
+        name: caption_metrics(captions[name], references, metrics=("bleu", "cider"), tokenizer=tokenizer)
+        for name in ("before", "after")
+    }
+    return {
+        "num_images": int(image_embeds.shape[0]),
+        "num_candidates": num_candidates,
+        "p_at_1": p_at_1,
+        "color_word_rate": {name: color_word_rate(captions[name]) for name in ("before", "after", "human")},
+        "bleu_4": {name: 100.0 * nlg[name]["bleu_4"] for name in nlg},
+        "cider": {name: 100.0 * nlg[name]["cider"] for name in nlg},
+        "metrics_tokenizer": tokenizer,
+    }
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """`results.md`: retrieval (Table 1), caption quality (Tables 2-3) and colour-word rates (Table 7's finding)."""
+    splits = [split for split in SPLIT_TITLES if split in results]
+    retrieval = {
+        ROW_TITLES[name]: {SPLIT_TITLES[split]: results[split]["p_at_1"][name] for split in splits}
+        for name in ROW_TITLES
+    }
+    quality = {
+        SPLIT_TITLES[split]: {
+            ROW_TITLES[name]: {"bleu_4": results[split]["bleu_4"][name], "cider": results[split]["cider"][name]}
+            for name in ("before", "after")
+        }
+        for split in splits
+    }
+    colours = {
+        ROW_TITLES[name]: {SPLIT_TITLES[split]: results[split]["color_word_rate"][name] for split in splits}
+        for name in ("before", "after", "human")
+    }
+    candidates = results[splits[0]]["num_candidates"]
+    return "\n".join(
+        [
+            "# DiscriTune on the embedded world",
+            "",
+            f"## Text-to-image retrieval P@1 with {candidates} candidates (Table 1 layout)",
+            "",
+            markdown_table(retrieval, scale=1.0, digits=1),
+            "## Caption quality against the reference captions (Tables 2-3 layout)",
+            "",
+            markdown_metric_blocks(quality, columns=("bleu_4", "cider"), scale=1.0, digits=2, heading_level=3),
+            "## Share of captions naming a colour (the paper's Table 7 finding)",
+            "",
+            markdown_table(colours, scale=100.0, digits=1),
+            f"Runtime: {results.get('runtime_seconds', float('nan')):.0f} s.",
+            "",
+        ]
+    )
+
+
+def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str:
+    """Reward and in-batch retrieval accuracy over training steps, from `trainer.state.log_history`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [entry for entry in log_history if "reward/mean" in entry]
+    steps = [entry["step"] for entry in logs]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(steps, [entry["reward/mean"] for entry in logs], color="tab:blue")
+    left.set(xlabel="step", ylabel="reward (log-prob of the target)", title="Reward")
+    right.plot(steps, [100 * entry["retrieval/accuracy"] for entry in logs], color="tab:green")
+    right.set(xlabel="step", ylabel="% captions retrieving their image", title="In-batch retrieval accuracy")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_caption_grid(images: list, before: list[str], after: list[str], path: str, columns: int = 4) -> str:
+    """Test images with their captions before and after DiscriTune."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = (len(images) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, old, new in zip(axes.flat, images, before, after):
+        axis.imshow(image.convert("RGB").resize((128, 128), resample=0))
+        axis.set_title(f"before: {old}\nafter: {new}", fontsize=7, wrap=True, loc="left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_results(results: dict[str, Any], output_dir: str) -> dict[str, str]:
+    """Write `results.json` and `results.md`; return their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {"json": os.path.join(output_dir, "results.json"), "markdown": os.path.join(output_dir, "results.md")}
+    with open(paths["json"], "w") as handle:
+        json.dump(results, handle, indent=2)
+    with open(paths["markdown"], "w") as handle:
+        handle.write(results_markdown(results))
+    return paths
