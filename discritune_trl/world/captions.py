@@ -4,9 +4,14 @@
   ("a large red circle at the top left and a small blue cross at the bottom right"). The retriever learns
   to read it, as web-scale CLIP has learned to read plain visual language.
 - **Human** alt-text is mostly vague or "meta" (Section 5 of the paper): "geometric art", "shapes on a
-  background", or it names the shapes without telling them apart ("a circle and a square"). Now and then a
-  human does describe the image. A captioner trained by maximum likelihood on this text writes vague
-  captions under greedy decoding, while descriptive ones stay in its distribution.
+  background", or it names the shapes without telling them apart ("geometric art with a circle and a
+  square"). Now and then a human does describe the image. A captioner trained by maximum likelihood on this
+  text writes vague captions under greedy decoding and beam search, while descriptive ones stay in its
+  distribution.
+
+Beam search ranks captions by their length-normalised log-probability, which favours long captions whose
+later words are certain, i.e. descriptions. The vague styles are therefore long and formulaic too ("geometric
+art with ..." is the most common opening), as Conceptual Captions' hypernym-laden alt-text is.
 
 Every caption ends with a full stop, where captioners stop, as ClipCap does.
 """
@@ -24,18 +29,20 @@ from .scenes import COLORS, Scene, SceneObject
 META_CAPTIONS: tuple[str, ...] = (
     "geometric art",
     "abstract art",
-    "digital art",
-    "modern art",
+    "digital art selected for the website",
     "minimalist design",
     "a simple illustration",
     "shapes on a background",
-    "abstract shapes",
-    "an abstract composition",
-    "vector illustration",
-    "a pattern of shapes",
-    "a simple drawing",
-    "clip art for the website",
+    "vector illustration of abstract shapes",
     "an icon for my new app",
+)
+# Meta phrases that introduce the shapes of a "shapes" caption; the first one is the most common.
+SHAPES_CAPTION_PREFIXES: tuple[str, ...] = (
+    "geometric art with",
+    "geometric art with",
+    "geometric art with",
+    "abstract art with",
+    "a simple illustration of",
 )
 COLOR_WORDS: frozenset[str] = frozenset(COLORS)
 HUMAN_CAPTION_STYLES = ("meta", "shapes", "descriptive")
@@ -47,13 +54,14 @@ class HumanCaptionStyle:
 
     Args:
         meta: a caption from :data:`META_CAPTIONS`, the same for every image.
-        shapes: the scene's shapes named without colour, size or position ("a circle and a square").
+        shapes: the scene's shapes named without colour, size or position, after a meta phrase
+            ("geometric art with a circle and a square").
         descriptive: a (possibly partial) descriptive caption, from :func:`describe_variant`.
     """
 
-    meta: float = 0.6
-    shapes: float = 0.25
-    descriptive: float = 0.15
+    meta: float = 0.3
+    shapes: float = 0.5
+    descriptive: float = 0.2
 
     def __post_init__(self) -> None:
         probabilities = (self.meta, self.shapes, self.descriptive)
@@ -111,9 +119,11 @@ def describe_variant(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def shapes_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """The scene's shapes named in random order, without colour, size or position: "a circle and a square"."""
+    """The scene's shapes in random order, without colour, size or position, after a meta phrase from
+    :data:`SHAPES_CAPTION_PREFIXES`: "geometric art with a circle and a square"."""
+    prefix = SHAPES_CAPTION_PREFIXES[int(rng.integers(len(SHAPES_CAPTION_PREFIXES)))]
     shapes = [scene.objects[i].shape for i in rng.permutation(len(scene.objects))]
-    return _finish(_join([f"{_article(shape)} {shape}" for shape in shapes]))
+    return _finish(f"{prefix} {_join([f'{_article(shape)} {shape}' for shape in shapes])}")
 
 
 def human_caption(scene: Scene, rng: np.random.Generator, style: HumanCaptionStyle | None = None) -> str:

@@ -64,12 +64,18 @@ class DomainSpec:
 IN_DOMAIN = DomainSpec(
     name="in_domain",
     num_objects=(1, 2),
-    backgrounds={"black": (15, 15, 15), "gray": (70, 70, 70), "brown": (60, 40, 25)},
+    backgrounds={
+        "black": (15, 15, 15),
+        "gray": (70, 70, 70),
+        "brown": (60, 40, 25),
+        "dark green": (20, 55, 30),
+        "dark blue": (20, 25, 65),
+    },
 )
 SHIFTED = DomainSpec(
     name="shifted",
     num_objects=(3,),
-    backgrounds={"teal": (20, 70, 75), "maroon": (80, 20, 40), "navy": (25, 25, 70)},
+    backgrounds={"teal": (20, 70, 75), "maroon": (80, 20, 40), "olive": (65, 65, 20)},
     pixel_noise=18.0,
 )
 DOMAINS: dict[str, DomainSpec] = {IN_DOMAIN.name: IN_DOMAIN, SHIFTED.name: SHIFTED}

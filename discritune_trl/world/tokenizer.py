@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .captions import META_CAPTIONS
+from .captions import META_CAPTIONS, SHAPES_CAPTION_PREFIXES
 from .scenes import COLORS, POSITIONS, SHAPES, SIZES
 
 
@@ -24,7 +24,7 @@ UNK_TOKEN = "<unk>"
 def world_vocabulary_text() -> list[str]:
     """Text that holds every word the world's captions can use, so no word is missing from a small corpus."""
     attribute_words = [*COLORS, *SHAPES, *SIZES, *POSITIONS]
-    return [*META_CAPTIONS, " ".join(attribute_words), "a an and at in the, ."]
+    return [*META_CAPTIONS, *SHAPES_CAPTION_PREFIXES, " ".join(attribute_words), "a an and at in the, ."]
 
 
 def train_world_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
