@@ -5,6 +5,7 @@ alt-text (Conceptual Captions) is fine-tuned by DiscriTune against a retriever t
 (CLIP), and tested in-domain and on a shifted domain.
 """
 
+from .build import WorldConfig, WorldPaths, build_world, default_cache_dir, load_or_build_world
 from .captions import (
     COLOR_WORDS,
     META_CAPTIONS,
@@ -18,10 +19,24 @@ from .captions import (
 from .dataset import SPLITS, WORLD_FEATURES, WorldDataConfig, generate_example, generate_world, scene_from_row
 from .scenes import DOMAINS, IN_DOMAIN, SHIFTED, DomainSpec, Scene, SceneObject, render_scene, sample_scene
 from .tokenizer import train_world_tokenizer
+from .train_captioner import CaptionerTrainingConfig, build_world_clipcap, train_captioner
+from .train_retriever import RetrieverTrainingConfig, default_retriever_model_cfg, save_retriever, train_retriever
 
 
 __all__ = [
     "COLOR_WORDS",
+    "CaptionerTrainingConfig",
+    "RetrieverTrainingConfig",
+    "WorldConfig",
+    "WorldPaths",
+    "build_world",
+    "build_world_clipcap",
+    "default_cache_dir",
+    "default_retriever_model_cfg",
+    "load_or_build_world",
+    "save_retriever",
+    "train_captioner",
+    "train_retriever",
     "DOMAINS",
     "IN_DOMAIN",
     "META_CAPTIONS",

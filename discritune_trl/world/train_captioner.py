@@ -21,15 +21,17 @@ from ..models.clipcap import ClipCapConfig, ClipCapPolicy
 
 
 def default_gpt2_config() -> dict[str, Any]:
-    """The world's GPT-2: 3 layers of width 128, 4 heads, no dropout (vocabulary size comes from the tokenizer)."""
+    """The world's GPT-2: 3 layers of width 96, 4 heads, exact GELU, no dropout (the vocabulary comes from the
+    tokenizer)."""
     return {
         "n_positions": 64,
-        "n_embd": 128,
+        "n_embd": 96,
         "n_layer": 3,
         "n_head": 4,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
+        "activation_function": "gelu",  # GPT-2's tanh approximation costs a third of a CPU step at this size
     }
 
 
@@ -51,7 +53,7 @@ class CaptionerTrainingConfig:
 
     gpt2_config: dict[str, Any] = field(default_factory=dict)
     prefix_length: int = 4
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 50

@@ -33,14 +33,14 @@ RETRIEVER_CONFIG = "open_clip_config.json"
 
 
 def default_retriever_model_cfg(image_size: int = 32) -> dict[str, Any]:
-    """The world's open_clip architecture: a 3-layer ViT on 4x4 patches and a 2-layer causal text tower.
+    """The world's open_clip architecture: a 3-layer ViT on 8x8 patches and a 2-layer causal text tower.
 
     The text tower keeps CLIP's 49,408-token BPE vocabulary so `open_clip.SimpleTokenizer` reads any caption;
     its context is 32 tokens, enough for the world's longest description.
     """
     return {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": image_size, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
+        "vision_cfg": {"image_size": image_size, "patch_size": 8, "width": 96, "layers": 3, "head_width": 32},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
 
@@ -63,8 +63,8 @@ class RetrieverTrainingConfig:
     """
 
     model_cfg: dict[str, Any] | None = None
-    steps: int = 600
-    batch_size: int = 256
+    steps: int = 400
+    batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
