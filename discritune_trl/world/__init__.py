@@ -17,6 +17,7 @@ from .captions import (
     mentions_color,
 )
 from .dataset import SPLITS, WORLD_FEATURES, WorldDataConfig, generate_example, generate_world, scene_from_row
+from .job import WORLD_TRAINING_DEFAULTS, run_world_job
 from .scenes import DOMAINS, IN_DOMAIN, SHIFTED, DomainSpec, Scene, SceneObject, render_scene, sample_scene
 from .tokenizer import train_world_tokenizer
 from .train_captioner import CaptionerTrainingConfig, build_world_clipcap, train_captioner
@@ -24,6 +25,8 @@ from .train_retriever import RetrieverTrainingConfig, default_retriever_model_cf
 
 
 __all__ = [
+    "WORLD_TRAINING_DEFAULTS",
+    "run_world_job",
     "COLOR_WORDS",
     "CaptionerTrainingConfig",
     "RetrieverTrainingConfig",

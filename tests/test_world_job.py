@@ -1,0 +1,47 @@
+"""The main job end to end on a tiny world: the report files exist and results.json is well-formed."""
+
+import json
+import os
+
+from discritune_trl import ClipCapPolicy, DiscriTuneConfig
+from discritune_trl.testing.world import tiny_world_config
+from discritune_trl.world import WORLD_TRAINING_DEFAULTS, run_world_job
+from discritune_trl.world.job import apply_world_defaults
+
+
+def test_world_defaults_never_override_what_the_user_set(tmp_path):
+    args = DiscriTuneConfig(output_dir=str(tmp_path), learning_rate=3e-4)
+    apply_world_defaults(args, given_flags={"learning_rate"})
+    assert args.learning_rate == 3e-4
+    assert args.max_steps == WORLD_TRAINING_DEFAULTS["max_steps"]
+
+
+def test_tiny_world_job_writes_a_well_formed_report(tmp_path):
+    output_dir = tmp_path / "out"
+    args = DiscriTuneConfig(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        disable_tqdm=True,
+        max_steps=3,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=12,
+        learning_rate=1e-3,
+    )
+    given = {"max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "learning_rate"}
+    run_world_job(args, given, cache_dir=str(tmp_path / "cache"), world_config=tiny_world_config())
+
+    results = json.loads((output_dir / "results.json").read_text())
+    for split in ("in_domain", "shifted"):
+        block = results[split]
+        assert set(block["p_at_1"]) == {"before", "after", "human", "descriptive"}
+        assert all(0 <= value <= 100 for value in block["p_at_1"].values())
+        assert block["num_candidates"] == 12  # fewer test images than 100: all of them
+        assert set(block["color_word_rate"]) == {"before", "after", "human"}
+        assert set(block["bleu_4"]) == set(block["cider"]) == {"before", "after"}
+    assert results["runtime_seconds"] > 0
+    assert results["training"]["max_steps"] == 3
+    markdown = (output_dir / "results.md").read_text()
+    assert "DiscriTune-World (after)" in markdown and "Shifted-domain test" in markdown
+    for name in ("training_curves.png", "captions_before_after.png", "README.md", "model.safetensors"):
+        assert os.path.getsize(output_dir / name) > 0, name
+    ClipCapPolicy.from_pretrained(str(output_dir))
