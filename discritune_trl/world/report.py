@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import textwrap
 from typing import Any
 
 import torch
@@ -129,13 +130,14 @@ def plot_caption_grid(images: list, before: list[str], after: list[str], path: s
     import matplotlib.pyplot as plt
 
     rows = (len(images) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 4.4 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, old, new in zip(axes.flat, images, before, after):
         axis.imshow(image.convert("RGB").resize((128, 128), resample=0))
-        axis.set_title(f"before: {old}\nafter: {new}", fontsize=7, wrap=True, loc="left")
-    figure.tight_layout()
+        text = textwrap.fill(f"before: {old}", 44) + "\n" + textwrap.fill(f"after: {new}", 44)
+        axis.text(0.0, -0.04, text, transform=axis.transAxes, fontsize=7, va="top", ha="left", wrap=False)
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=0.08, wspace=0.08, hspace=0.75)
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
