@@ -299,7 +299,9 @@ def time_reference(policy, reward_model, images, args, device: torch.device) -> 
                 timer.seconds.clear()
             timer.sync()
             start = time.perf_counter()
-            reference_step(policy, retriever, pixel_batches[index % len(pixel_batches)], optimizer, baseline, args, timer)
+            reference_step(
+                policy, retriever, pixel_batches[index % len(pixel_batches)], optimizer, baseline, args, timer
+            )
             timer.sync()
             if index >= args.warmup_steps:
                 times.append(time.perf_counter() - start)
@@ -368,7 +370,9 @@ def main(argv=None) -> dict:
             figures["speedup_vs_reference"] = figures["images_per_second"] / results["reference"]["images_per_second"]
         results["discritune"][precision] = figures
         report(f"discritune ({precision})", figures)
-    print(f"one-off cache pass: {len(dataset)} images in {cache_seconds:.2f} s ({len(dataset) / cache_seconds:.1f} img/s)")
+    print(
+        f"one-off cache pass: {len(dataset)} images in {cache_seconds:.2f} s ({len(dataset) / cache_seconds:.1f} img/s)"
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

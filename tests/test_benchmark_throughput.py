@@ -27,7 +27,13 @@ def test_tiny_benchmark_writes_every_figure(throughput, tmp_path):
     assert figures["batch_size"] == 4 and figures["device_type"] == "cpu"
     assert set(figures["discritune"]) == {"fp32", "bf16"}
     for loop in (figures["reference"], *figures["discritune"].values()):
-        assert {"images_per_second", "step_seconds", "phase_seconds", "phase_images_per_second", "peak_memory_mib"} <= set(loop)
+        assert {
+            "images_per_second",
+            "step_seconds",
+            "phase_seconds",
+            "phase_images_per_second",
+            "peak_memory_mib",
+        } <= set(loop)
         assert set(loop["phase_images_per_second"]) == set(throughput.PHASES)
         assert loop["images_per_second"] > 0 and loop["peak_memory_mib"] > 0
     assert figures["discritune"]["fp32"]["speedup_vs_reference"] > 0
