@@ -22,7 +22,7 @@ from .models import (
 )
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
 from .rewards import DiscriminativeRewardModel, RewardOutput
-from .trainer import DiscriTuneConfig, DiscriTuneTrainer
+from .trainer import DiscriTuneConfig, DiscriTuneTrainer, cache_frozen_embeddings
 
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "TransformersCLIPRetriever",
     "__version__",
     "build_hard_distractor_sets",
+    "cache_frozen_embeddings",
     "caption_metrics",
     "evaluate_captions",
     "precision_at_1",

@@ -61,7 +61,7 @@ def first_batch(trainer: DiscriTuneTrainer) -> dict:
 
 
 def test_loss_equals_hand_computation_with_running_mean(tmp_path):
-    trainer = make_trainer(tmp_path)
+    trainer = make_trainer(tmp_path, cache_embeddings=False)  # pixels; tests/test_embedding_cache.py: cached path
     policy, reward_model = trainer.model, trainer.reward_model
     batch = first_batch(trainer)
     expected_baseline, seen = 0.0, []
@@ -80,7 +80,7 @@ def test_loss_equals_hand_computation_with_running_mean(tmp_path):
 
 
 def test_sum_reduction_and_kl_term(tmp_path):
-    trainer = make_trainer(tmp_path, log_prob_reduction="sum", kl_coef=0.5, baseline="none")
+    trainer = make_trainer(tmp_path, log_prob_reduction="sum", kl_coef=0.5, baseline="none", cache_embeddings=False)
     batch = first_batch(trainer)
     policy = trainer.model
     # Perturb the policy so it differs from the frozen reference and the KL is positive.

@@ -2,6 +2,13 @@ from .baselines import RunningMeanBaseline
 from .collator import DiscriTuneCollator
 from .discritune_config import DiscriTuneConfig
 from .discritune_trainer import DiscriTuneTrainer
+from .embedding_cache import cache_frozen_embeddings
 
 
-__all__ = ["DiscriTuneCollator", "DiscriTuneConfig", "DiscriTuneTrainer", "RunningMeanBaseline"]
+__all__ = [
+    "DiscriTuneCollator",
+    "DiscriTuneConfig",
+    "DiscriTuneTrainer",
+    "RunningMeanBaseline",
+    "cache_frozen_embeddings",
+]

@@ -6,6 +6,7 @@ import io
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -13,8 +14,8 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 INDEX_COLUMN = "_discritune_index"
-# Optional cached frozen-encoder outputs (see `docs/throughput.md`): when a row holds them, the collator passes
-# them on and no pixels are prepared for that model.
+# Optional cached frozen-encoder outputs (see `cache_frozen_embeddings` and `docs/throughput.md`): when a row holds
+# them, the collator passes them on and no pixels are prepared for that model.
 POLICY_EMBEDS_COLUMN = "policy_image_embeds"
 RETRIEVER_EMBEDS_COLUMN = "retriever_image_embeds"
 
@@ -39,7 +40,8 @@ class DiscriTuneCollator:
 
     Each batch holds `image_index` (`[B]`, the rows' dataset indices, for logging), then for the policy either
     `policy_image_embeds` (cached) or `policy_pixel_values`, and for the retriever either `retriever_image_embeds`
-    (cached) or `retriever_pixel_values`. Rows whose image cannot be decoded are dropped and counted in
+    (cached) or `retriever_pixel_values` (one tensor per retriever with several). Images are decoded only when
+    some model needs pixels. Rows whose image cannot be decoded are dropped and counted in
     `num_unreadable_images`: web datasets hold many broken files, and one must not stop an epoch.
 
     Args:
@@ -54,8 +56,13 @@ class DiscriTuneCollator:
         self.image_column = image_column
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        cached_policy = bool(rows) and POLICY_EMBEDS_COLUMN in rows[0]
+        cached_retriever = bool(rows) and RETRIEVER_EMBEDS_COLUMN in rows[0]
         images, kept = [], []
         for row in rows:
+            if cached_policy and cached_retriever:  # both encoders cached: the image itself is never read
+                kept.append(row)
+                continue
             try:
                 images.append(decode_image(row[self.image_column]))
                 kept.append(row)
@@ -67,17 +74,26 @@ class DiscriTuneCollator:
         }
         if not kept:
             return batch
-        if POLICY_EMBEDS_COLUMN in kept[0]:
-            batch[POLICY_EMBEDS_COLUMN] = torch.stack([torch.as_tensor(row[POLICY_EMBEDS_COLUMN]) for row in kept])
+        if cached_policy:
+            batch[POLICY_EMBEDS_COLUMN] = _stack([row[POLICY_EMBEDS_COLUMN] for row in kept])
         else:
             batch["policy_pixel_values"] = self.policy.preprocess(images)
-        if RETRIEVER_EMBEDS_COLUMN in kept[0]:
-            batch[RETRIEVER_EMBEDS_COLUMN] = torch.stack(
-                [torch.as_tensor(row[RETRIEVER_EMBEDS_COLUMN]) for row in kept]
-            )
+        if cached_retriever:
+            if getattr(self.reward_model, "is_multi_retriever", False):  # one embedding per retriever and image
+                per_retriever = len(kept[0][RETRIEVER_EMBEDS_COLUMN])
+                batch[RETRIEVER_EMBEDS_COLUMN] = [
+                    _stack([row[RETRIEVER_EMBEDS_COLUMN][index] for row in kept]) for index in range(per_retriever)
+                ]
+            else:
+                batch[RETRIEVER_EMBEDS_COLUMN] = _stack([row[RETRIEVER_EMBEDS_COLUMN] for row in kept])
         else:
             batch["retriever_pixel_values"] = self.reward_model.preprocess(images)
         return batch
+
+
+def _stack(embeds: list[Any]) -> torch.Tensor:
+    """Cached per-image embeddings (numpy arrays or lists, as the dataset returns them) to one float32 tensor."""
+    return torch.from_numpy(np.stack([np.asarray(value, dtype=np.float32) for value in embeds]))
 
 
 def policy_image_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -18,8 +18,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..models.policy import reduce_token_log_probs
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
-from .collator import INDEX_COLUMN, DiscriTuneCollator, policy_image_inputs, retriever_image_inputs
+from .collator import (
+    INDEX_COLUMN,
+    RETRIEVER_EMBEDS_COLUMN,
+    DiscriTuneCollator,
+    policy_image_inputs,
+    retriever_image_inputs,
+)
 from .discritune_config import DiscriTuneConfig
+from .embedding_cache import cache_frozen_embeddings, policy_caches_image_features
 from .model_card import write_model_card
 
 
@@ -103,6 +110,9 @@ class DiscriTuneTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._sample_captions: list[dict[str, Any]] = []
         self._num_unreadable_images = 0
+        if args.cache_embeddings:
+            self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
+            self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
 
     # Trainer divides our per-batch mean loss by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
@@ -113,7 +123,7 @@ class DiscriTuneTrainer(Trainer):
         """One DiscriTune step: generate -> reward -> baseline -> log-probs -> loss."""
         self._num_unreadable_images += int(inputs.pop("num_unreadable_images", 0))
         policy = self.accelerator.unwrap_model(model)
-        image_inputs = policy_image_inputs(inputs)
+        image_inputs = self._encode_policy_images(policy, policy_image_inputs(inputs))
         captions = self._generate(policy, image_inputs)
         rewards = self._reward(captions.texts, inputs)
         advantages = self._advantages(rewards, policy, image_inputs, inputs)
@@ -125,6 +135,13 @@ class DiscriTuneTrainer(Trainer):
             loss = loss + self.args.kl_coef * kl
         self._record_captions(captions, inputs["image_index"])
         return (loss, captions) if return_outputs else loss
+
+    def _encode_policy_images(self, policy, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the policy's frozen encoder on uncached pixels once per step: generation, the greedy baseline and the
+        log-prob pass then all read the same `image_embeds` instead of encoding the pixels again."""
+        if "pixel_values" not in image_inputs or not policy_caches_image_features(policy):
+            return image_inputs
+        return {"image_embeds": policy.encode_images(image_inputs["pixel_values"])}
 
     def _generate(self, policy, image_inputs: dict[str, torch.Tensor]):
         """Training captions, without gradients: greedy (paper), sampled, or beam search."""
@@ -365,6 +382,28 @@ class DiscriTuneTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
         if not _internal_call and self.is_world_process_zero():
             write_model_card(self, output_dir=output_dir or self.args.output_dir, tags=self._tag_names)
+
+    # ------------------------------------------------------------------ the frozen-embedding cache
+
+    def _cache_embeddings(self, dataset, name: str):
+        """`dataset` with its frozen-encoder embeddings computed once (`args.cache_embeddings`), see
+        `cache_frozen_embeddings`; datasets that already hold them are returned as they are."""
+        if isinstance(dataset, dict):
+            return {key: self._cache_embeddings(value, f"{name}[{key!r}]") for key, value in dataset.items()}
+        if not isinstance(dataset, datasets.Dataset) or RETRIEVER_EMBEDS_COLUMN in dataset.column_names:
+            return dataset
+        with self.args.main_process_first(desc=f"caching the frozen embeddings of {name}"):
+            cached = cache_frozen_embeddings(
+                dataset,
+                self.accelerator.unwrap_model(self.model),
+                self.reward_model,
+                image_column=self.args.image_column,
+                batch_size=self.args.cache_batch_size,
+                desc=f"Caching frozen image embeddings ({name})",
+            )
+        if name == "train_dataset":  # unreadable images were dropped while caching; count them once
+            self._num_unreadable_images += len(dataset) - len(cached)
+        return cached
 
     # ------------------------------------------------------------------ checks
 

@@ -48,6 +48,7 @@ def main(out_dir: str) -> None:
         report_to="none",
         disable_tqdm=True,
         seed=0,
+        cache_embeddings=False,  # the script records the retriever pixels each process sees
     )
     reward_model = RecordingRewardModel(tiny_open_clip_retriever(seed=0))
     trainer = DiscriTuneTrainer(
