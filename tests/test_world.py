@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import datasets
@@ -197,8 +198,14 @@ def _tiny_world_config(seed: int = 0) -> WorldConfig:
     )
 
 
-def test_tiny_build_saves_and_loads_back(tmp_path):
-    paths = build_world(str(tmp_path / "world"), _tiny_world_config(), verbose=False)
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """A tiny world built once for this module, in a fresh cache folder."""
+    return load_or_build_world(str(tmp_path_factory.mktemp("cache")), _tiny_world_config(), verbose=False)
+
+
+def test_tiny_build_saves_and_loads_back(tiny_world):
+    paths = tiny_world
     manifest = paths.read_manifest()
     assert manifest["fingerprint"] == _tiny_world_config().fingerprint()
     assert set(manifest["retriever_p_at_1"]) == {"in_domain", "shifted"}
@@ -222,10 +229,10 @@ def test_tiny_build_saves_and_loads_back(tmp_path):
     assert len(captions.texts) == 3 and captions.sequences.shape[0] == 3
 
 
-def test_build_is_reproducible_and_cached(tmp_path, monkeypatch):
-    config = _tiny_world_config(seed=5)
-    first = load_or_build_world(str(tmp_path / "a"), config, verbose=False)
-    second = build_world(str(tmp_path / "b"), config, verbose=False)
+def test_build_is_reproducible_and_cached(tiny_world, tmp_path, monkeypatch):
+    config = _tiny_world_config()
+    first = tiny_world
+    second = build_world(str(tmp_path / "again"), config, verbose=False)
     for relative in ("retriever/open_clip_model.safetensors", "captioner/model.safetensors"):
         with open(f"{first.root}/{relative}", "rb") as a, open(f"{second.root}/{relative}", "rb") as b:
             assert a.read() == b.read(), relative
@@ -233,7 +240,19 @@ def test_build_is_reproducible_and_cached(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a cached world was rebuilt")
 
+    cache_dir = os.path.dirname(first.root)
     monkeypatch.setattr(build_module, "build_world", fail)
-    assert load_or_build_world(str(tmp_path / "a"), config, verbose=False).root == first.root
+    assert load_or_build_world(cache_dir, config, verbose=False).root == first.root
     with pytest.raises(AssertionError, match="rebuilt"):  # another config is another world
-        load_or_build_world(str(tmp_path / "a"), _tiny_world_config(seed=6), verbose=False)
+        load_or_build_world(cache_dir, _tiny_world_config(seed=6), verbose=False)
+
+
+def test_world_settings_are_discritune_config_fields(tmp_path):
+    from discritune_trl import DiscriTuneConfig
+    from discritune_trl.world import world_settings
+
+    settings = world_settings()
+    config = DiscriTuneConfig(output_dir=str(tmp_path), report_to=[], **settings)
+    assert all(getattr(config, name) == value for name, value in settings.items())
+    settings["learning_rate"] = 1.0  # a copy: the shared settings stay as measured
+    assert world_settings()["learning_rate"] == 2e-5
