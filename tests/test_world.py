@@ -256,3 +256,12 @@ def test_world_settings_are_discritune_config_fields(tmp_path):
     assert all(getattr(config, name) == value for name, value in settings.items())
     settings["learning_rate"] = 1.0  # a copy: the shared settings stay as measured
     assert world_settings()["learning_rate"] == 2e-5
+
+
+def test_batch_larger_than_split_is_a_clear_error():
+    from discritune_trl.world import train_retriever
+
+    config = _tiny_world_config()
+    small = generate_world(WorldDataConfig(num_train=8, num_in_domain_test=1, num_shifted_test=1), progress=False)
+    with pytest.raises(ValueError, match="fewer than batch_size=16"):
+        train_retriever(small["train"], config.retriever, progress=False)
