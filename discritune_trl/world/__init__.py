@@ -19,7 +19,6 @@ from .captions import (
 from .dataset import SPLITS, WORLD_FEATURES, WorldDataConfig, generate_example, generate_world, scene_from_row
 from .job import WORLD_TRAINING_DEFAULTS, run_world_job
 from .scenes import DOMAINS, IN_DOMAIN, SHIFTED, DomainSpec, Scene, SceneObject, render_scene, sample_scene
-from .settings import DISCRITUNE_WORLD_SETTINGS, world_settings
 from .tokenizer import train_world_tokenizer
 from .train_captioner import CaptionerTrainingConfig, build_world_clipcap, train_captioner
 from .train_retriever import RetrieverTrainingConfig, default_retriever_model_cfg, save_retriever, train_retriever
@@ -29,7 +28,6 @@ __all__ = [
     "WORLD_TRAINING_DEFAULTS",
     "run_world_job",
     "COLOR_WORDS",
-    "DISCRITUNE_WORLD_SETTINGS",
     "CaptionerTrainingConfig",
     "RetrieverTrainingConfig",
     "WorldConfig",
@@ -64,5 +62,4 @@ __all__ = [
     "sample_scene",
     "scene_from_row",
     "train_world_tokenizer",
-    "world_settings",
 ]
