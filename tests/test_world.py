@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import datasets
@@ -10,16 +11,14 @@ import pytest
 import torch
 
 from discritune_trl.models.policy import full_stop_token_ids
+from discritune_trl.testing.world import tiny_world_config
 from discritune_trl.world import (
     COLOR_WORDS,
     IN_DOMAIN,
     META_CAPTIONS,
     SHIFTED,
     WORLD_FEATURES,
-    CaptionerTrainingConfig,
     HumanCaptionStyle,
-    RetrieverTrainingConfig,
-    WorldConfig,
     WorldDataConfig,
     build_world,
     color_word_rate,
@@ -175,32 +174,16 @@ def test_tokenizer_round_trips_world_text_and_stops_at_full_stop():
 # ----------------------------------------------------------------------------- tiny build
 
 
-def _tiny_world_config(seed: int = 0) -> WorldConfig:
-    return WorldConfig(
-        data=WorldDataConfig(
-            seed=seed, num_train=48, num_in_domain_test=12, num_shifted_test=12, captions_per_image=2
-        ),
-        retriever=RetrieverTrainingConfig(
-            model_cfg={
-                "embed_dim": 16,
-                "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-            },
-            steps=3,
-            batch_size=16,
-            warmup_steps=1,
-            seed=seed,
-        ),
-        captioner=CaptionerTrainingConfig(
-            gpt2_config={"n_embd": 16, "n_layer": 1, "n_head": 2}, steps=3, batch_size=16, warmup_steps=1, seed=seed
-        ),
-    )
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """A tiny world built once for this module, in a fresh cache folder."""
+    return load_or_build_world(str(tmp_path_factory.mktemp("cache")), tiny_world_config(), verbose=False)
 
 
-def test_tiny_build_saves_and_loads_back(tmp_path):
-    paths = build_world(str(tmp_path / "world"), _tiny_world_config(), verbose=False)
+def test_tiny_build_saves_and_loads_back(tiny_world):
+    paths = tiny_world
     manifest = paths.read_manifest()
-    assert manifest["fingerprint"] == _tiny_world_config().fingerprint()
+    assert manifest["fingerprint"] == tiny_world_config().fingerprint()
     assert set(manifest["retriever_p_at_1"]) == {"in_domain", "shifted"}
     assert 0.0 <= manifest["retriever_p_at_1"]["shifted"]["descriptive"] <= 100.0
 
@@ -222,10 +205,10 @@ def test_tiny_build_saves_and_loads_back(tmp_path):
     assert len(captions.texts) == 3 and captions.sequences.shape[0] == 3
 
 
-def test_build_is_reproducible_and_cached(tmp_path, monkeypatch):
-    config = _tiny_world_config(seed=5)
-    first = load_or_build_world(str(tmp_path / "a"), config, verbose=False)
-    second = build_world(str(tmp_path / "b"), config, verbose=False)
+def test_build_is_reproducible_and_cached(tiny_world, tmp_path, monkeypatch):
+    config = tiny_world_config()
+    first = tiny_world
+    second = build_world(str(tmp_path / "again"), config, verbose=False)
     for relative in ("retriever/open_clip_model.safetensors", "captioner/model.safetensors"):
         with open(f"{first.root}/{relative}", "rb") as a, open(f"{second.root}/{relative}", "rb") as b:
             assert a.read() == b.read(), relative
@@ -233,7 +216,17 @@ def test_build_is_reproducible_and_cached(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a cached world was rebuilt")
 
+    cache_dir = os.path.dirname(first.root)
     monkeypatch.setattr(build_module, "build_world", fail)
-    assert load_or_build_world(str(tmp_path / "a"), config, verbose=False).root == first.root
+    assert load_or_build_world(cache_dir, config, verbose=False).root == first.root
     with pytest.raises(AssertionError, match="rebuilt"):  # another config is another world
-        load_or_build_world(str(tmp_path / "a"), _tiny_world_config(seed=6), verbose=False)
+        load_or_build_world(cache_dir, tiny_world_config(seed=6), verbose=False)
+
+
+def test_batch_larger_than_split_is_a_clear_error():
+    from discritune_trl.world import train_retriever
+
+    config = tiny_world_config()
+    small = generate_world(WorldDataConfig(num_train=8, num_in_domain_test=1, num_shifted_test=1), progress=False)
+    with pytest.raises(ValueError, match="fewer than batch_size=16"):
+        train_retriever(small["train"], config.retriever, progress=False)

@@ -185,13 +185,11 @@ def retriever_p_at_1(
     image_embeds = encode_images(model, preprocess_split(preprocess, split, "retriever: test images", False))
     num_candidates = min(100, len(split))
     texts = {"descriptive": list(split["descriptive"]), "reference": [refs[0] for refs in split["captions"]]}
-    return {
-        name: 100.0
-        * precision_at_1(
-            encode_texts(model, tokenizer, values), image_embeds, num_candidates=num_candidates, seed=seed
-        )
-        for name, values in texts.items()
-    }
+    scores = {}
+    for name, values in texts.items():
+        text_embeds = encode_texts(model, tokenizer, values)
+        scores[name] = round(100.0 * precision_at_1(text_embeds, image_embeds, num_candidates, seed=seed), 2)
+    return scores
 
 
 def build_world(output_dir: str, config: WorldConfig | None = None, verbose: bool = True) -> WorldPaths:
@@ -206,7 +204,7 @@ def build_world(output_dir: str, config: WorldConfig | None = None, verbose: boo
     if os.path.exists(output_dir):
         shutil.rmtree(output_dir)
     os.makedirs(output_dir)
-    timings = {}
+    timings = {}  # seconds per build step
 
     data = config.data
     say(
@@ -217,7 +215,7 @@ def build_world(output_dir: str, config: WorldConfig | None = None, verbose: boo
     tick = time.time()
     world = generate_world(data, progress=verbose)
     world.save_to_disk(paths.dataset)
-    timings["dataset"] = time.time() - tick
+    timings["dataset"] = round(time.time() - tick, 1)
 
     retriever_cfg = config.retriever
     say(
@@ -231,7 +229,7 @@ def build_world(output_dir: str, config: WorldConfig | None = None, verbose: boo
     p_at_1 = {
         split: retriever_p_at_1(model, preprocess, tokenizer, world[split]) for split in ("in_domain", "shifted")
     }
-    timings["retriever"] = time.time() - tick
+    timings["retriever"] = round(time.time() - tick, 1)
     say(
         "Retriever P@1 (100 candidates) on descriptive text: "
         f"in-domain {p_at_1['in_domain']['descriptive']:.1f}%, shifted {p_at_1['shifted']['descriptive']:.1f}%."
@@ -249,7 +247,7 @@ def build_world(output_dir: str, config: WorldConfig | None = None, verbose: boo
     image_embeds = encode_split(policy, world["train"], progress=verbose)
     train_captioner(policy, world["train"], captioner_cfg, image_embeds=image_embeds, progress=verbose)
     policy.save_pretrained(paths.captioner)
-    timings["captioner"] = time.time() - tick
+    timings["captioner"] = round(time.time() - tick, 1)
 
     manifest = {
         "config": config.to_dict(),

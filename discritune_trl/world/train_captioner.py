@@ -129,6 +129,11 @@ def train_captioner(
     encoded = tokenizer([text for refs in captions for text in refs], padding=True, return_tensors="pt")
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # [C, T]
     labels = input_ids.masked_fill(attention_mask == 0, -100)
+    if len(image_index) < config.batch_size:
+        raise ValueError(
+            f"The training split has {len(image_index)} captions, fewer than batch_size={config.batch_size}; "
+            "use a smaller batch or a larger split."
+        )
 
     generator = np.random.default_rng(config.seed)
     parameters = [parameter for parameter in policy.parameters() if parameter.requires_grad]

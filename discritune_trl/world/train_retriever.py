@@ -9,7 +9,6 @@ descriptions too, as CLIP reads captions that mention only part of an image.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,8 +24,6 @@ from ..utils.open_clip_utils import build_open_clip
 from .captions import describe_variant
 from .dataset import scene_from_row
 
-
-logger = logging.getLogger(__name__)
 
 RETRIEVER_CHECKPOINT = "open_clip_model.safetensors"
 RETRIEVER_CONFIG = "open_clip_config.json"
@@ -82,7 +79,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         # As in open_clip's training: no decay on gains, biases, embeddings or the temperature.
-        is_exempt = parameter.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("bn")
+        is_exempt = parameter.ndim < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if is_exempt else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -162,13 +159,6 @@ def save_retriever(model: torch.nn.Module, model_cfg: dict[str, Any], output_dir
     with open(config_path, "w") as file:
         json.dump(model_cfg, file, indent=2)
     return checkpoint_path, config_path
-
-
-def load_retriever_model(output_dir: str) -> tuple[torch.nn.Module, Any, Any]:
-    """The open_clip `(model, preprocess, tokenizer)` saved by :func:`save_retriever` in `output_dir`."""
-    with open(os.path.join(output_dir, RETRIEVER_CONFIG)) as file:
-        model_cfg = json.load(file)
-    return build_open_clip(model_cfg=model_cfg, checkpoint_path=os.path.join(output_dir, RETRIEVER_CHECKPOINT))
 
 
 @torch.no_grad()
