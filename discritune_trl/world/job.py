@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from ..evaluation.retrieval import encode_captions
+from ..evaluation.retrieval import encode_captions, encode_gallery
 from ..rewards import DiscriminativeRewardModel
 from ..trainer import DiscriTuneConfig, DiscriTuneTrainer
 from .build import WorldConfig, load_or_build_world
@@ -19,6 +19,8 @@ from .report import plot_caption_grid, plot_training_curves, results_markdown, s
 
 
 TEST_SPLITS = ("in_domain", "shifted")
+# Recorded in results.json beside the world defaults: the knobs of the paper's ablations (Tables 8, 9, 13).
+ABLATION_FIELDS = ("baseline", "train_decoding", "reward_type", "num_hard_negatives", "seed")
 
 # DiscriTune's settings for the world (docs/world.md says how they were chosen). Paper values otherwise:
 # greedy decoding, running-mean baseline, log-prob reward, in-batch distractors, constant learning rate.
@@ -65,11 +67,19 @@ def run_world_job(
     apply_world_defaults(args, given_flags)
     world = load_or_build_world(cache_dir, world_config)
     data = world.load_dataset()
+    retriever = world.load_retriever()
+    bank = None
+    if args.num_hard_negatives > 0:  # Appendix D.2: mine distractors among the training images
+        bank = encode_gallery(retriever, data["train"], batch_size=500)
+    reward_model = DiscriminativeRewardModel(
+        retriever,
+        reward_type=args.reward_type,
+        num_hard_negatives=args.num_hard_negatives,
+        hard_negative_bank=bank,
+        similarity_ceiling=args.hard_negative_similarity_ceiling,
+    )
     trainer = DiscriTuneTrainer(
-        model=world.load_captioner(),
-        reward_model=DiscriminativeRewardModel(world.load_retriever(), reward_type=args.reward_type),
-        args=args,
-        train_dataset=data["train"],
+        model=world.load_captioner(), reward_model=reward_model, args=args, train_dataset=data["train"]
     )
     before = {
         split: trainer.caption_dataset(data[split], description=f"Captioning {split}, before") for split in TEST_SPLITS
@@ -79,7 +89,6 @@ def run_world_job(
         split: trainer.caption_dataset(data[split], description=f"Captioning {split}, after") for split in TEST_SPLITS
     }
 
-    retriever = trainer.reward_model.retriever
     results: dict[str, Any] = {}
     for split in TEST_SPLITS:
         (before_texts, before_embeds, image_embeds), (after_texts, after_embeds, _) = before[split], after[split]
