@@ -44,4 +44,5 @@ def test_tiny_world_job_writes_a_well_formed_report(tmp_path):
     assert "DiscriTune-World (after)" in markdown and "Shifted-domain test" in markdown
     for name in ("training_curves.png", "captions_before_after.png", "README.md", "model.safetensors"):
         assert os.path.getsize(output_dir / name) > 0, name
+    assert '"in_domain_p_at_1"' in (output_dir / "README.md").read_text()  # the model card reports the results
     ClipCapPolicy.from_pretrained(str(output_dir))

@@ -49,8 +49,12 @@ def write_model_card(
     model_name: str | None = None,
     dataset_name: str | None = None,
     tags: list[str] | None = None,
+    metrics: dict | None = None,
 ) -> str:
-    """Write `README.md` for the trained policy into `output_dir` (default: the trainer's) and return its path."""
+    """Write `README.md` for the trained policy into `output_dir` (default: the trainer's) and return its path.
+
+    `metrics` (e.g. the main job's results) are reported beside the trainer's own `eval_*` metrics.
+    """
     args = trainer.args
     output_dir = output_dir or args.output_dir
     policy = trainer.accelerator.unwrap_model(trainer.model)
@@ -59,6 +63,7 @@ def write_model_card(
     final_metrics = {
         key: value for entry in trainer.state.log_history for key, value in entry.items() if key.startswith("eval_")
     }
+    final_metrics.update(metrics or {})
     dataset_line = dataset_name or getattr(getattr(trainer.train_dataset, "info", None), "dataset_name", None)
     front_matter = {
         "library_name": "discritune-trl",

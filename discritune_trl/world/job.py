@@ -14,6 +14,7 @@ from typing import Any
 from ..evaluation.retrieval import encode_captions, encode_gallery
 from ..rewards import DiscriminativeRewardModel
 from ..trainer import DiscriTuneConfig, DiscriTuneTrainer
+from ..trainer.model_card import write_model_card
 from .build import WorldConfig, load_or_build_world
 from .report import plot_caption_grid, plot_training_curves, results_markdown, split_results, write_results
 
@@ -116,6 +117,13 @@ def run_world_job(
 
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
+        write_model_card(
+            trainer,
+            args.output_dir,
+            dataset_name=f"the embedded synthetic world (`discritune_trl.world`, {world.root})",
+            tags=trainer._tag_names,
+            metrics={f"{split}_p_at_1": results[split]["p_at_1"] for split in TEST_SPLITS},
+        )
         paths = write_results(results, args.output_dir)
         paths["curves"] = plot_training_curves(
             trainer.state.log_history, os.path.join(args.output_dir, "training_curves.png")
