@@ -88,6 +88,22 @@ def truncate_at_stop(
     return sequences, caption_mask, stopped
 
 
+def captions_from_generated(
+    generated_ids: torch.LongTensor, stop_token_ids: list[int], pad_token_id: int, tokenizer
+) -> CaptionOutput:
+    """Newly generated ids `[B, T]` to a :class:`CaptionOutput`: each row cut after its first stop token (tensor
+    ops, see :func:`truncate_at_stop`) and decoded up to its end, special tokens removed."""
+    stop_ids = torch.tensor(stop_token_ids, device=generated_ids.device)
+    sequences, caption_mask, stopped = truncate_at_stop(generated_ids, stop_ids, pad_token_id)
+    lengths = caption_mask.sum(dim=1).tolist()
+    texts = tokenizer.batch_decode(
+        [row[:length] for row, length in zip(sequences.tolist(), lengths)], skip_special_tokens=True
+    )
+    return CaptionOutput(
+        sequences=sequences, caption_mask=caption_mask, texts=[text.strip() for text in texts], stopped=stopped
+    )
+
+
 def reduce_token_log_probs(
     token_log_probs: torch.Tensor, caption_mask: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:

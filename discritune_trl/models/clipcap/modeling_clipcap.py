@@ -22,10 +22,10 @@ from ...utils.open_clip_utils import build_open_clip
 from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
+    captions_from_generated,
     full_stop_token_ids,
     reduce_token_log_probs,
     to_rgb,
-    truncate_at_stop,
 )
 from .configuration_clipcap import ClipCapConfig
 from .mappers import build_mapper
@@ -452,18 +452,7 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
             )  # [B * G, T] new tokens only (no prompt ids when generating from inputs_embeds)
         finally:
             self.train(was_training)
-        stop_ids = torch.tensor(stop_token_ids, device=generated.device)
-        sequences, caption_mask, stopped = truncate_at_stop(generated, stop_ids, self.pad_token_id)
-        lengths = caption_mask.sum(dim=1).tolist()
-        texts = self.tokenizer.batch_decode(
-            [row[:length] for row, length in zip(sequences.tolist(), lengths)], skip_special_tokens=True
-        )
-        return CaptionOutput(
-            sequences=sequences,
-            caption_mask=caption_mask,
-            texts=[text.strip() for text in texts],
-            stopped=stopped,
-        )
+        return captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
 
 
 AutoConfig.register(ClipCapConfig.model_type, ClipCapConfig, exist_ok=True)

@@ -19,10 +19,10 @@ from transformers import AutoImageProcessor, AutoTokenizer, GenerationConfig
 from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
+    captions_from_generated,
     full_stop_token_ids,
     reduce_token_log_probs,
     to_rgb,
-    truncate_at_stop,
 )
 from .families import CaptionerFamily
 
@@ -227,10 +227,7 @@ class HFCaptionerMixin(CaptioningPolicy):
                 self.captioner_model, features, prefix_ids, prefix_mask, generation_config
             )
         new_ids = sequences[:, prefix_ids.shape[1] :]  # [B * G, T]
-        stop_ids = torch.tensor(self.stop_token_ids, device=new_ids.device)
-        sequences, caption_mask, stopped = truncate_at_stop(new_ids, stop_ids, generation_config.pad_token_id)
-        texts = [text.strip() for text in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
-        return CaptionOutput(sequences=sequences, caption_mask=caption_mask, texts=texts, stopped=stopped)
+        return captions_from_generated(new_ids, self.stop_token_ids, generation_config.pad_token_id, self.tokenizer)
 
     def _generation_config(
         self, max_new_tokens, do_sample, num_beams, temperature, top_k, top_p, num_return_sequences
