@@ -28,6 +28,12 @@ class DiscriTuneConfig(TrainingArguments):
     or the first full stop, a running-mean baseline and the log-probability reward. Using
     [`~transformers.HfArgumentParser`] every field becomes a command-line flag.
 
+    Defaults that differ from `TrainingArguments`: `learning_rate=1e-7`, `lr_scheduler_type="constant"`,
+    `optim="adamw_torch_fused"` (Adam, as `weight_decay` stays 0; the fused kernel runs on CPU and GPU),
+    `per_device_train_batch_size=100`, `per_device_eval_batch_size=100`, `remove_unused_columns=False`,
+    `logging_steps=10`, `ddp_find_unused_parameters=False`. `max_grad_norm` keeps Trainer's 1.0 (the paper does
+    not say it clips; pass `--max_grad_norm 0` to switch clipping off).
+
     Parameters:
         > Parameters that control the data
 
@@ -114,6 +120,12 @@ class DiscriTuneConfig(TrainingArguments):
     # Defaults that differ from TrainingArguments: the paper's optimisation setting.
     learning_rate: float = field(default=1e-7, metadata={"help": "Adam learning rate (paper: 1e-7)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule (paper: constant)."})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={
+            "help": "Optimizer; with weight_decay=0 AdamW is the paper's Adam. The fused kernel is ~4x faster on CPU."
+        },
+    )
     per_device_train_batch_size: int = field(
         default=100, metadata={"help": "Images per device and step; every image of the global batch is a candidate."}
     )
