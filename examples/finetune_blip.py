@@ -1,7 +1,10 @@
 """DiscriTune a BLIP captioner (paper Section 4.2.3: BLIP, COCO, one epoch) or any transformers captioner.
 
-Offline with no arguments: a tiny random BLIP, a tiny random open_clip retriever and a few generated images, so
-the script runs end to end in seconds on a CPU (the numbers mean nothing; the plumbing is what runs).
+Offline with no arguments: a tiny random BLIP, fine-tuned on images of the embedded world against the world's
+retriever when the world is in its cache (built by `examples/finetune_clipcap.py` or
+`python -m discritune_trl.world build`), else on a few generated images against a tiny random open_clip
+retriever. It runs end to end in seconds on a CPU (a random BLIP learns nothing useful in a few steps; the
+plumbing is what runs).
 
 The paper's BLIP setting, when connected (or with the weights in the Hugging Face cache):
 
@@ -29,6 +32,8 @@ from discritune_trl.retrievers import OpenCLIPRetriever
 from discritune_trl.testing.blip import random_images, tiny_blip
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 from discritune_trl.trainer import DiscriTuneConfig, DiscriTuneTrainer
+from discritune_trl.utils.data import load_image_dataset
+from discritune_trl.world import cached_world
 
 
 @dataclass
@@ -87,15 +92,21 @@ def main() -> None:
         training_args.report_to = []
 
     policy = build_policy(script_args)
-    if script_args.dataset_name is None:
-        train_dataset = datasets.Dataset.from_dict({training_args.image_column: random_images(32)})
-        train_dataset = train_dataset.cast_column(training_args.image_column, datasets.Image())
+    world = cached_world() if script_args.dataset_name is None and script_args.retriever_model is None else None
+    if world is not None:
+        train_dataset = world.load_dataset()["train"].select(range(256))
+        retriever = world.load_retriever()
+        print(f"Using the embedded world in {world.root}")
     else:
-        train_dataset = datasets.load_dataset(script_args.dataset_name, split=script_args.dataset_split)
-    if script_args.retriever_model is None:
-        retriever = tiny_open_clip_retriever()
-    else:
-        retriever = OpenCLIPRetriever(script_args.retriever_model, pretrained=script_args.retriever_pretrained)
+        if script_args.dataset_name is None:
+            train_dataset = datasets.Dataset.from_dict({training_args.image_column: random_images(32)})
+            train_dataset = train_dataset.cast_column(training_args.image_column, datasets.Image())
+        else:
+            train_dataset = load_image_dataset(script_args.dataset_name, script_args.dataset_split)
+        if script_args.retriever_model is None:
+            retriever = tiny_open_clip_retriever()
+        else:
+            retriever = OpenCLIPRetriever(script_args.retriever_model, pretrained=script_args.retriever_pretrained)
     peft_config = None
     if script_args.use_lora:
         from peft import LoraConfig

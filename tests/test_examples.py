@@ -18,8 +18,9 @@ from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_c
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_example(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_example(script: str, *args: str, timeout: int = 300, **env_overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    env.update(env_overrides)
     command = [sys.executable, os.path.join(ROOT, "examples", script), *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -70,3 +71,16 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
     policy = ClipCapPolicy.from_pretrained(str(output_dir))
     assert policy.generate_captions(pixel_values=policy.preprocess(images[:2]), max_new_tokens=6).texts
     assert "DiscriTune" in (output_dir / "README.md").read_text()
+
+
+def test_finetune_blip_runs_with_no_arguments_without_a_world(tmp_path):
+    output_dir = tmp_path / "blip"
+    result = run_example(
+        "finetune_blip.py",
+        "--output_dir", str(output_dir),
+        "--report_to", "none",
+        "--use_cpu",
+        DISCRITUNE_WORLD_CACHE=str(tmp_path / "no-world-here"),
+    )  # fmt: skip
+    assert "Using the embedded world" not in result.stdout
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "README.md").is_file()

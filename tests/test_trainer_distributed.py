@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from discritune_trl import DiscriminativeRewardModel
+from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 
 
@@ -44,3 +47,15 @@ def test_two_process_training_uses_the_global_batch(tmp_path):
     assert ranks[0]["baseline"] == ranks[1]["baseline"]
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(weight, ranks[1]["weights"][name]), name
+
+    # caption_dataset returns every image once, in dataset order, whatever process captioned it.
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
+    policy = tiny_clipcap_policy(seed=0)
+    policy.load_state_dict(ranks[0]["weights"], strict=False)
+    expected_captions = policy.generate_captions(
+        pixel_values=policy.preprocess(images), num_beams=2, max_new_tokens=6
+    ).texts
+    assert ranks[0]["captions"] == ranks[1]["captions"] == expected_captions
+    expected_embeds = single.encode_images(single.preprocess(images))
+    torch.testing.assert_close(ranks[0]["image_embeds"], expected_embeds, rtol=1e-5, atol=1e-5)

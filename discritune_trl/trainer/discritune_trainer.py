@@ -291,13 +291,14 @@ class DiscriTuneTrainer(Trainer):
 
         Returns:
             `(captions, text_embeds [N, D], image_embeds [N, D])` in dataset order, the embeddings from the
-            reward model's retriever, gathered from every process.
+            reward model's retriever, gathered from every process. Rows whose image cannot be read are left out.
         """
         dataset = _prepare_dataset(dataset, self.args.image_column, "dataset")
         dataloader = self.get_eval_dataloader(dataset)
         policy = self.accelerator.unwrap_model(self.model)
         num_beams = self.args.eval_num_beams if num_beams is None else num_beams
-        texts, text_embeds, image_embeds = [], [], []
+        gather = self.accelerator.gather_for_metrics
+        indices, texts, text_embeds, image_embeds = [], [], [], []
         progress = tqdm(dataloader, desc=description, disable=not self.is_local_process_zero())
         for batch in progress:
             batch = self._prepare_inputs(batch)
@@ -305,13 +306,13 @@ class DiscriTuneTrainer(Trainer):
                 policy, policy_image_inputs(batch), num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
             )
             with torch.no_grad():
-                text_embeds.append(self.reward_model.retriever.encode_texts(captions.texts).float())
-                image_embeds.append(self._retriever_image_embeds(batch).float())
-            texts.extend(captions.texts)
-        text_embeds = self.accelerator.gather_for_metrics(torch.cat(text_embeds))
-        image_embeds = self.accelerator.gather_for_metrics(torch.cat(image_embeds))
-        texts = self.accelerator.gather_for_metrics(texts, use_gather_object=True)
-        return texts, text_embeds, image_embeds
+                text_embeds.append(gather(self.reward_model.retriever.encode_texts(captions.texts).float()))
+                image_embeds.append(gather(self._retriever_image_embeds(batch).float()))
+            # Gathered batch by batch, so that the last, uneven batch is de-duplicated by Accelerate.
+            indices.append(gather(batch["image_index"]))
+            texts.extend(gather(captions.texts, use_gather_object=True))
+        order = torch.cat(indices).cpu().argsort()  # processes interleave batches: back to dataset order
+        return [texts[i] for i in order.tolist()], torch.cat(text_embeds)[order], torch.cat(image_embeds)[order]
 
     def _retriever_image_embeds(self, batch: dict[str, Any]) -> torch.Tensor:
         """`[B, D]` image embeddings of the (first) retriever, cached or computed from pixels."""

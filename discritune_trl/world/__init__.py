@@ -5,7 +5,7 @@ alt-text (Conceptual Captions) is fine-tuned by DiscriTune against a retriever t
 (CLIP), and tested in-domain and on a shifted domain.
 """
 
-from .build import WorldConfig, WorldPaths, build_world, default_cache_dir, load_or_build_world
+from .build import WorldConfig, WorldPaths, build_world, cached_world, default_cache_dir, load_or_build_world
 from .captions import (
     COLOR_WORDS,
     META_CAPTIONS,
@@ -33,6 +33,7 @@ __all__ = [
     "WorldConfig",
     "WorldPaths",
     "build_world",
+    "cached_world",
     "build_world_clipcap",
     "default_cache_dir",
     "default_retriever_model_cfg",

@@ -277,6 +277,13 @@ def _exclusive(lock_path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def cached_world(cache_dir: str | None = None, config: WorldConfig | None = None) -> WorldPaths | None:
+    """The world built from `config` if it is complete in the cache, else `None` (never builds)."""
+    config = config or WorldConfig()
+    paths = WorldPaths(os.path.join(cache_dir or default_cache_dir(), f"world-{config.fingerprint()}"))
+    return paths if paths.is_complete() else None
+
+
 def load_or_build_world(
     cache_dir: str | None = None, config: WorldConfig | None = None, verbose: bool = True, rebuild: bool = False
 ) -> WorldPaths:

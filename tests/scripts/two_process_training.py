@@ -43,6 +43,8 @@ def main(out_dir: str) -> None:
         max_steps=2,
         learning_rate=1e-2,
         max_new_tokens=6,
+        eval_num_beams=2,
+        per_device_eval_batch_size=3,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -55,6 +57,7 @@ def main(out_dir: str) -> None:
         model=tiny_clipcap_policy(seed=0), reward_model=reward_model, args=args, train_dataset=dataset
     )
     trainer.train()
+    captions, _, image_embeds = trainer.caption_dataset(dataset)  # 6 uneven batches of 3, split over 2 processes
     rank = trainer.accelerator.process_index
     torch.save(
         {
@@ -62,6 +65,8 @@ def main(out_dir: str) -> None:
             "first_call": reward_model.first_call,
             "log_history": trainer.state.log_history,
             "baseline": trainer.running_mean.state_dict(),
+            "captions": captions,
+            "image_embeds": image_embeds.cpu(),
             "weights": {
                 name: p.detach().cpu()
                 for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
