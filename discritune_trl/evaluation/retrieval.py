@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..retrievers.base import Retriever
+from ..utils.data import image_batches
 
 
 # Rows of the [rows, N] score matrix handled at once, so a 10k-image gallery never needs a 10k x 10k matrix.
@@ -187,11 +188,7 @@ def encode_gallery(
     """
     device = _retriever_device(retriever)
     embeds = []
-    for start in range(0, len(images), batch_size):
-        if isinstance(images, datasets.Dataset):
-            batch = images[start : start + batch_size][image_column]
-        else:
-            batch = list(images[start : start + batch_size])
+    for batch in image_batches(images, batch_size, image_column):
         pixel_values = retriever.preprocess(batch).to(device)
         embeds.append(retriever.encode_images(pixel_values).float().cpu())
     return torch.cat(embeds) if embeds else torch.empty(0, 0)

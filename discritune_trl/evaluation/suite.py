@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..models.policy import CaptioningPolicy
 from ..retrievers.base import Retriever
+from ..utils.data import image_batches
 from .captioning import CAPTION_METRICS, caption_metrics
 from .distractors import hard_distractor_accuracy
 from .retrieval import retrieval_metrics
@@ -46,11 +47,7 @@ def caption_images(
     """
     device = _policy_device(policy)
     captions: list[str] = []
-    for start in range(0, len(images), batch_size):
-        if isinstance(images, datasets.Dataset):
-            batch = images[start : start + batch_size][image_column]
-        else:
-            batch = list(images[start : start + batch_size])
+    for batch in image_batches(images, batch_size, image_column):
         pixel_values = policy.preprocess(batch).to(device)
         output = policy.generate_captions(
             pixel_values=pixel_values, num_beams=num_beams, max_new_tokens=max_new_tokens

@@ -72,27 +72,18 @@ def tiny_bpe_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+# The transformer sizes every tiny captioner here shares (text and vision towers alike).
+TINY_LAYERS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TINY_VISION = dict(**TINY_LAYERS, image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)
+
+
 def tiny_blip_config(vocab_size: int, **text_overrides) -> BlipConfig:
     """A 2-layer BLIP captioning config over 32x32 images with 8x8 patches (17 vision tokens)."""
     tokenizer_ids = dict(bos_token_id=vocab_size - 1, pad_token_id=0, sep_token_id=3, eos_token_id=3)
     text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        **{**tokenizer_ids, **text_overrides},
+        vocab_size=vocab_size, max_position_embeddings=64, **TINY_LAYERS, **{**tokenizer_ids, **text_overrides}
     )
-    vision_config = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=TINY_PATCH_SIZE,
-        initializer_range=0.02,
-    )
+    vision_config = dict(**TINY_VISION, initializer_range=0.02)
     return BlipConfig(text_config=text_config, vision_config=vision_config, projection_dim=32)
 
 
@@ -158,20 +149,10 @@ def tiny_git(seed: int = 0) -> tuple[GitForCausalLM, GitProcessor]:
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
     )
     config = GitConfig(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=TINY_PATCH_SIZE,
-        ),
+        vision_config=dict(TINY_VISION),
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         max_position_embeddings=64,
+        **TINY_LAYERS,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         bos_token_id=tokenizer.cls_token_id,
