@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 
 
 LOG_PROB_REDUCTIONS = ("mean", "sum", "none")
+MAX_CAPTION_TOKENS = 75  # CLIP reads 77 positions, two of which are its start and end tokens (paper: 40 new tokens)
 
 
 @dataclass
@@ -102,6 +103,44 @@ def captions_from_generated(
     return CaptionOutput(
         sequences=sequences, caption_mask=caption_mask, texts=[text.strip() for text in texts], stopped=stopped
     )
+
+
+def check_generation_arguments(
+    max_new_tokens: int, do_sample: bool, num_beams: int, num_return_sequences: int
+) -> None:
+    """The checks every policy's `generate_captions` makes before decoding, with errors that say the fix."""
+    if not 1 <= max_new_tokens <= MAX_CAPTION_TOKENS:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: the CLIP retriever reads at "
+            "most 75 caption tokens (the paper uses 40)."
+        )
+    if num_return_sequences > 1 and not do_sample and num_beams < num_return_sequences:
+        raise ValueError(
+            f"num_return_sequences={num_return_sequences} needs do_sample=True or num_beams >= "
+            f"{num_return_sequences}; greedy decoding gives one caption per image."
+        )
+
+
+def captions_per_image(caption_ids: torch.Tensor, caption_mask: torch.Tensor, num_images: int) -> int:
+    """`G`, the number of captions per image of `[B * G, T]` caption ids (consecutive per image), or a clear error."""
+    if caption_ids.dim() != 2 or caption_mask.shape != caption_ids.shape:
+        raise ValueError(
+            f"caption_ids {list(caption_ids.shape)} and caption_mask {list(caption_mask.shape)} must both be "
+            "[B * G, T]."
+        )
+    num_captions = caption_ids.shape[0]
+    if num_images == 0 or num_captions % num_images != 0:
+        raise ValueError(
+            f"caption_ids has {num_captions} rows for {num_images} images; pass G captions per image (B * G rows, "
+            "the captions of an image consecutive)."
+        )
+    return num_captions // num_images
+
+
+def gather_token_log_probs(logits: torch.Tensor, token_ids: torch.LongTensor) -> torch.Tensor:
+    """`[B, T, V]` logits and `[B, T]` ids to `[B, T]` log-probabilities of those ids, computed in fp32."""
+    logits = logits.float()
+    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
 
 
 def reduce_token_log_probs(

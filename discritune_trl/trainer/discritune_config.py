@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..models.policy import MAX_CAPTION_TOKENS
+
 
 BASELINES = ("mean", "greedy", "loo", "none")
 TRAIN_DECODINGS = ("greedy", "sample", "beam")
 REWARD_TYPES = ("log_prob", "accuracy", "cosine")
 LOG_PROB_REDUCTIONS = ("mean", "sum")
-MAX_CLIP_CAPTION_TOKENS = 75  # CLIP reads 77 positions, two of which are its start and end tokens
 
 
 @dataclass
@@ -196,9 +197,9 @@ class DiscriTuneConfig(TrainingArguments):
         self._check_choice("baseline", BASELINES)
         self._check_choice("reward_type", REWARD_TYPES)
         self._check_choice("log_prob_reduction", LOG_PROB_REDUCTIONS)
-        if not 1 <= self.max_new_tokens <= MAX_CLIP_CAPTION_TOKENS:
+        if not 1 <= self.max_new_tokens <= MAX_CAPTION_TOKENS:
             raise ValueError(
-                f"max_new_tokens={self.max_new_tokens} must be between 1 and {MAX_CLIP_CAPTION_TOKENS}: CLIP reads "
+                f"max_new_tokens={self.max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: CLIP reads "
                 "at most 75 caption tokens (paper: 40)."
             )
         if self.cache_batch_size < 1:

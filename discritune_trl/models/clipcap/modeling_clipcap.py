@@ -23,7 +23,10 @@ from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
     captions_from_generated,
+    captions_per_image,
+    check_generation_arguments,
     full_stop_token_ids,
+    gather_token_log_probs,
     reduce_token_log_probs,
     to_rgb,
 )
@@ -34,7 +37,6 @@ from .mappers import build_mapper
 logger = logging.get_logger(__name__)
 
 # CLIP's text encoder reads 77 positions, two of which are its start and end tokens.
-MAX_CAPTION_TOKENS = 75
 
 
 class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
@@ -372,23 +374,13 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
         Returns:
             `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero on padding) for `"none"`.
         """
-        if caption_ids.dim() != 2 or caption_mask.shape != caption_ids.shape:
-            raise ValueError(
-                f"caption_ids {list(caption_ids.shape)} and caption_mask {list(caption_mask.shape)} must both be "
-                "[B * G, T]."
-            )
         image_embeds = self._image_embeds(pixel_values, image_embeds)  # [B, D]
-        num_images, num_captions = image_embeds.shape[0], caption_ids.shape[0]
-        if num_captions % num_images != 0:
-            raise ValueError(
-                f"{num_captions} captions for {num_images} images: pass G captions per image (B * G rows)."
-            )
-        prefix = self.prefix_embeds(image_embeds)  # [B, P, E]
-        prefix = prefix.repeat_interleave(num_captions // num_images, dim=0)  # [B * G, P, E]
+        repeats = captions_per_image(caption_ids, caption_mask, image_embeds.shape[0])
+        prefix = self.prefix_embeds(image_embeds).repeat_interleave(repeats, dim=0)  # [B * G, P, E]
         caption_ids = caption_ids.to(prefix.device)
         caption_mask = caption_mask.to(prefix.device)
-        logits = self.caption_logits(prefix, caption_ids, caption_mask).float()  # [B * G, T, V]
-        token_log_probs = logits.gather(-1, caption_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+        logits = self.caption_logits(prefix, caption_ids, caption_mask)  # [B * G, T, V]
+        token_log_probs = gather_token_log_probs(logits, caption_ids)  # [B * G, T]
         return reduce_token_log_probs(token_log_probs, caption_mask, reduction or self.config.log_prob_reduction)
 
     # ------------------------------------------------------------------ generation
@@ -417,20 +409,11 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
         Returns:
             [`CaptionOutput`] with `B * num_return_sequences` rows, the captions of each image consecutive.
         """
-        if not 1 <= max_new_tokens <= MAX_CAPTION_TOKENS:
-            raise ValueError(
-                f"max_new_tokens={max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: the CLIP retriever "
-                "reads at most 75 caption tokens (the paper uses 40)."
-            )
+        check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
         if self.config.prefix_length + max_new_tokens > self.config.text_config.n_positions:
             raise ValueError(
                 f"prefix_length={self.config.prefix_length} + max_new_tokens={max_new_tokens} exceeds GPT-2's "
                 f"n_positions={self.config.text_config.n_positions}; lower max_new_tokens."
-            )
-        if num_return_sequences > 1 and not do_sample and num_beams < num_return_sequences:
-            raise ValueError(
-                f"num_return_sequences={num_return_sequences} needs do_sample=True or "
-                f"num_beams >= {num_return_sequences}; greedy decoding gives one caption per image."
             )
         prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))  # [B, P, E]
         stop_token_ids = self.stop_token_ids

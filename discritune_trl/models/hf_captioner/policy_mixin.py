@@ -20,7 +20,10 @@ from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
     captions_from_generated,
+    captions_per_image,
+    check_generation_arguments,
     full_stop_token_ids,
+    gather_token_log_probs,
     reduce_token_log_probs,
     to_rgb,
 )
@@ -232,11 +235,7 @@ class HFCaptionerMixin(CaptioningPolicy):
     def _generation_config(
         self, max_new_tokens, do_sample, num_beams, temperature, top_k, top_p, num_return_sequences
     ) -> GenerationConfig:
-        if num_return_sequences > num_beams and not do_sample:
-            raise ValueError(
-                f"num_return_sequences={num_return_sequences} greedy captions per image would all be identical; set "
-                "do_sample=True or num_beams >= num_return_sequences."
-            )
+        check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
         pad_token_id = self.tokenizer.pad_token_id
         if pad_token_id is None:
             pad_token_id = self.family.end_token_id(self.captioner_model)
@@ -281,13 +280,10 @@ class HFCaptionerMixin(CaptioningPolicy):
         """
         self._require_processor()
         features = self._image_features(pixel_values, image_embeds)  # [B, ...]
-        num_images, num_captions = features.shape[0], caption_ids.shape[0]
-        if num_captions % num_images != 0:
-            raise ValueError(
-                f"caption_ids has {num_captions} rows for {num_images} images; expected G captions per image "
-                "(B * G rows, consecutive per image)."
-            )
-        features = features.repeat_interleave(num_captions // num_images, dim=0)  # [B * G, ...]
+        features = features.repeat_interleave(
+            captions_per_image(caption_ids, caption_mask, features.shape[0]), dim=0
+        )  # [B * G, ...]
+        num_captions = caption_ids.shape[0]
         caption_ids = caption_ids.to(features.device)
         caption_mask = caption_mask.to(features.device)
         prefix_ids, prefix_mask = self._prefix(num_captions, features.device)  # [B * G, P]
@@ -295,8 +291,7 @@ class HFCaptionerMixin(CaptioningPolicy):
         attention_mask = torch.cat([prefix_mask, caption_mask.long()], dim=1)
         logits = self.family.logits(self.captioner_model, features, input_ids, attention_mask)  # [B * G, P + T, V]
         # The logit at position t predicts token t + 1: the caption is predicted from position P - 1 on.
-        caption_logits = logits[:, prefix_ids.shape[1] - 1 : -1].float()  # [B * G, T, V]
-        token_log_probs = caption_logits.log_softmax(dim=-1).gather(-1, caption_ids.unsqueeze(-1)).squeeze(-1)
+        token_log_probs = gather_token_log_probs(logits[:, prefix_ids.shape[1] - 1 : -1], caption_ids)  # [B * G, T]
         return reduce_token_log_probs(token_log_probs, caption_mask, reduction)
 
     def forward(
