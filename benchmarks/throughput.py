@@ -32,9 +32,10 @@ import contextlib
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 
@@ -130,32 +131,34 @@ class PhaseTimer:
 
 
 class PeakMemory:
-    """Peak accelerator memory (CUDA) or peak resident memory of the process sampled every 5 ms (CPU), in MiB."""
+    """Peak accelerator memory (CUDA) or the process's peak resident memory (CPU), in MiB.
+
+    On CPU it resets and reads Linux's resident high-water mark (`/proc/self/clear_refs`, `VmHWM`): no sampling
+    thread, whose wake-ups would compete for the GIL and the cores with the loop being timed.
+    """
 
     def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
+        self.device, self.peak = device, 0
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            with contextlib.suppress(OSError):
+                with open("/proc/self/clear_refs", "w") as handle:
+                    handle.write("5")  # resets VmHWM to the current resident size
         return self
-
-    def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.is_set():
-            with open("/proc/self/statm") as handle:
-                self.peak = max(self.peak, int(handle.read().split()[1]) * page)
-            time.sleep(0.005)
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
+            return
+        with contextlib.suppress(OSError), open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    self.peak = int(line.split()[1]) * 1024
+                    return
+        self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak since start, not reset
 
     @property
     def mib(self) -> float:
@@ -328,6 +331,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "every op waits at a barrier for threads the scheduler has parked.",
     )
     parser.add_argument("--skip_reference", action="store_true")
+    parser.add_argument(
+        "--in_process",
+        action="store_true",
+        help="Time every loop in this process (quick, for tests). By default each loop runs in a fresh process with "
+        "the same seeded models and batch: a Trainer that ran before slows the next one down in the same process.",
+    )
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: the loop a child process times
     parser.add_argument("--json", default=None, help="Write the figures to this file.")
     return parser.parse_args(argv)
 
@@ -360,12 +370,23 @@ def main(argv=None) -> dict:
     cached = cache_frozen_embeddings(dataset, policy, reward_model, batch_size=args.batch_size)
     cache_seconds = time.perf_counter() - start
     results["cache"] = {"seconds": cache_seconds, "images_per_second": len(dataset) / cache_seconds}
+    loops = ([] if args.skip_reference else ["reference"]) + list(args.precision)
+    if args.only is not None:  # a child process: time one loop and hand the figures back
+        figures = (
+            time_reference(policy, reward_model, images, args, device)
+            if args.only == "reference"
+            else time_discritune(policy, reward_model, cached, args, args.only, device)
+        )
+        with open(args.json, "w") as handle:
+            json.dump(figures, handle)
+        return figures
+    timed = {loop: time_loop(loop, args, argv, policy, reward_model, images, cached, device) for loop in loops}
     if not args.skip_reference:
-        results["reference"] = time_reference(policy, reward_model, images, args, device)
+        results["reference"] = timed["reference"]
         report("reference (fp32)", results["reference"])
     results["discritune"] = {}
     for precision in args.precision:
-        figures = time_discritune(policy, reward_model, cached, args, precision, device)
+        figures = timed[precision]
         if not args.skip_reference:
             figures["speedup_vs_reference"] = figures["images_per_second"] / results["reference"]["images_per_second"]
         results["discritune"][precision] = figures
@@ -377,6 +398,25 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
     return results
+
+
+def time_loop(loop: str, args, argv, policy, reward_model, images, cached, device: torch.device) -> dict:
+    """Figures of one loop (`"reference"` or a precision), timed here or in a fresh child process."""
+    if args.in_process:
+        if loop == "reference":
+            return time_reference(policy, reward_model, images, args, device)
+        return time_discritune(policy, reward_model, cached, args, loop, device)
+    own_args = [arg for arg in (sys.argv[1:] if argv is None else argv)]
+    if "--json" in own_args:  # the child writes its own figures file
+        index = own_args.index("--json")
+        del own_args[index : index + 2]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "figures.json")
+        subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *own_args, "--only", loop, "--json", path], check=True
+        )
+        with open(path) as handle:
+            return json.load(handle)
 
 
 def report(name: str, figures: dict) -> None:

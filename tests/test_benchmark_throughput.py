@@ -21,7 +21,7 @@ def throughput():
 def test_tiny_benchmark_writes_every_figure(throughput, tmp_path):
     path = tmp_path / "figures.json"
     argv = ["--tiny", "--batch_size", "4", "--steps", "1", "--warmup_steps", "1", "--max_new_tokens", "4"]
-    throughput.main([*argv, "--precision", "fp32", "bf16", "--json", str(path)])
+    throughput.main([*argv, "--precision", "fp32", "bf16", "--in_process", "--json", str(path)])
     figures = json.loads(path.read_text())
     assert {"device", "device_type", "batch_size", "command", "cache", "reference", "discritune"} <= set(figures)
     assert figures["batch_size"] == 4 and figures["device_type"] == "cpu"
