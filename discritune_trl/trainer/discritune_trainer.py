@@ -125,8 +125,8 @@ class DiscriTuneTrainer(Trainer):
         policy = self.accelerator.unwrap_model(model)
         image_inputs = self._encode_policy_images(policy, policy_image_inputs(inputs))
         captions = self._generate(policy, image_inputs)
-        rewards = self._reward(captions.texts, inputs)
-        advantages = self._advantages(rewards, policy, image_inputs, inputs)
+        rewards, global_rewards = self._reward(captions.texts, inputs)
+        advantages = self._advantages(rewards, global_rewards, policy, image_inputs, inputs)
         token_log_probs = self._token_log_probs(model, captions, image_inputs)
         log_probs = reduce_token_log_probs(token_log_probs, captions.caption_mask, self.args.log_prob_reduction)
         loss = -(advantages * log_probs).mean()
@@ -167,8 +167,9 @@ class DiscriTuneTrainer(Trainer):
         policy.train(was_training)
         return captions
 
-    def _reward(self, texts: list[str], inputs: dict[str, Any]) -> torch.Tensor:
-        """Rewards `[B * G]` of the captions; candidates are the images of the global batch."""
+    def _reward(self, texts: list[str], inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards `[B * G]` of this process's captions (candidates: the images of the global batch), and the
+        rewards of every process's captions, gathered once for the statistics the baseline and the logs need."""
         with torch.no_grad():
             output = self.reward_model(texts, **retriever_image_inputs(inputs), step=self.state.global_step)
         rewards = output.rewards.float()
@@ -179,17 +180,18 @@ class DiscriTuneTrainer(Trainer):
                 "stopped before this step's update, so no checkpoint holds it; the last saved checkpoint is intact. "
                 "Check the retriever's embeddings, or lower the learning rate if the policy diverged."
             )
-        self._log_metric("reward/mean", self._global_mean(rewards))
-        self._log_metric("reward/std", self.accelerator.gather(rewards).std().item() if rewards.numel() > 1 else 0.0)
+        global_rewards = self.accelerator.gather(rewards)
+        self._log_metric("reward/mean", global_rewards.mean().item())
+        self._log_metric("reward/std", global_rewards.std().item() if global_rewards.numel() > 1 else 0.0)
         self._log_metric("retrieval/accuracy", self._global_mean(output.accuracy.float()))
-        return rewards
+        return rewards, global_rewards
 
-    def _advantages(self, rewards, policy, image_inputs, inputs) -> torch.Tensor:
+    def _advantages(self, rewards, global_rewards, policy, image_inputs, inputs) -> torch.Tensor:
         """`reward - baseline` for each caption, per `args.baseline`."""
         kind = self.args.baseline
         if kind == "mean":
             baseline = torch.full_like(rewards, self.running_mean.mean)
-            self.running_mean.update(self._global_mean(rewards))
+            self.running_mean.update(global_rewards.mean().item())
         elif kind == "greedy":
             greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_new_tokens)
             with torch.no_grad():
@@ -203,7 +205,7 @@ class DiscriTuneTrainer(Trainer):
             baseline = torch.zeros_like(rewards)
         advantages = rewards - baseline
         if self.args.whiten_advantages:
-            advantages = advantages / (self.accelerator.gather(rewards).std() + 1e-6)
+            advantages = advantages / (global_rewards.std() + 1e-6)
         self._log_metric("baseline", self._global_mean(baseline))
         self._log_metric("advantage/mean", self._global_mean(advantages))
         return advantages.detach()
@@ -220,22 +222,15 @@ class DiscriTuneTrainer(Trainer):
 
     def _kl(self, policy, captions, image_inputs, token_log_probs) -> torch.Tensor:
         """Mean per-token KL to the initial policy (k3 estimator, always >= 0) on the generated tokens."""
+        pass_inputs = dict(
+            image_inputs, caption_ids=captions.sequences, caption_mask=captions.caption_mask, log_prob_reduction="none"
+        )
         with torch.no_grad():
             if self.ref_model is not None:
-                ref_log_probs = self.ref_model(
-                    **image_inputs,
-                    caption_ids=captions.sequences,
-                    caption_mask=captions.caption_mask,
-                    log_prob_reduction="none",
-                )
+                ref_log_probs = self.ref_model(**pass_inputs)
             else:  # PEFT: the reference is the base model with the adapters switched off
                 with policy.disable_adapter():
-                    ref_log_probs = policy(
-                        **image_inputs,
-                        caption_ids=captions.sequences,
-                        caption_mask=captions.caption_mask,
-                        log_prob_reduction="none",
-                    )
+                    ref_log_probs = policy(**pass_inputs)
         mask = captions.caption_mask.to(token_log_probs.dtype)
         delta = (ref_log_probs - token_log_probs) * mask
         per_token_kl = torch.exp(delta) - delta - 1
