@@ -124,6 +124,8 @@ class ClipCapConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if not isinstance(self.text_config, GPT2Config):  # transformers < 5.20 leaves sub-configs as given
+            self.text_config = GPT2Config(**(self.text_config or {}))
         if self.mapper_type not in MAPPER_TYPES:
             raise ValueError(f"mapper_type={self.mapper_type!r} is not one of {MAPPER_TYPES}.")
         if self.prefix_length is None:
