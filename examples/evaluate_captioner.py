@@ -11,6 +11,8 @@ the generated captions to `--output_dir`.
         --dataset_paths ./coco_test ./flickr_test --dataset_names COCO Flickr \
         --output_dir ./eval
 
+Any of these can come from a YAML file instead, `--config eval.yaml` (TRL's `TrlParser`; flags override it).
+
 Datasets are `datasets` folders saved with `save_to_disk`, image folders with a `metadata.jsonl`, or Hub
 names (when connected), with an `image` column and, for captioning metrics, a `captions` column.
 """
@@ -22,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from discritune_trl.evaluation import (
     build_hard_distractor_sets,
@@ -139,5 +141,5 @@ def main(args: EvaluationArguments) -> dict:
 
 
 if __name__ == "__main__":
-    (arguments,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses()
+    (arguments,) = TrlParser(EvaluationArguments).parse_args_and_config()
     main(arguments)

@@ -16,6 +16,7 @@ The paper's BLIP setting, when connected (or with the weights in the Hugging Fac
 
 Another captioner: `--captioner_class VisionEncoderDecoderModel --model_name_or_path <a ViT-GPT2 folder>` (or
 `GitForCausalLM`, or any class `HFCaptionerPolicy` supports); its processor is loaded from the same folder.
+The paper's setting is also a recipe: `--config examples/recipes/blip_coco.yaml` (flags override it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 
 import datasets
 import transformers
-from transformers import AutoImageProcessor, AutoTokenizer, HfArgumentParser
+from transformers import AutoImageProcessor, AutoTokenizer
+from trl import TrlParser
 
 from discritune_trl.models.blip import DEFAULT_BLIP_PROMPT, BlipPolicy
 from discritune_trl.models.hf_captioner import HFCaptionerPolicy
@@ -81,9 +83,12 @@ def build_policy(script_args: ScriptArguments):
     )
 
 
-def main() -> None:
-    parser = HfArgumentParser((ScriptArguments, DiscriTuneConfig))
-    script_args, training_args = parser.parse_args_into_dataclasses()
+def parse_arguments(argv: list[str] | None = None) -> tuple[ScriptArguments, DiscriTuneConfig]:
+    """The arguments from the command line and `--config recipe.yaml` (TRL's `TrlParser`; flags override the YAML)."""
+    return TrlParser((ScriptArguments, DiscriTuneConfig)).parse_args_and_config(argv)
+
+
+def main(script_args: ScriptArguments, training_args: DiscriTuneConfig) -> None:
     tiny = script_args.model_name_or_path is None
     if tiny:  # seconds on a CPU, and a learning rate that visibly moves a random model
         training_args.max_steps = training_args.max_steps if training_args.max_steps > 0 else 4
@@ -122,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*parse_arguments())

@@ -17,7 +17,10 @@ The paper's setting (needs the weights, e.g. when connected):
         --output_dir discritune-coco --num_train_epochs 20
 
 Every `DiscriTuneConfig` field is a flag (`--learning_rate`, `--baseline`, `--reward_type`, ...); see
-`python examples/finetune_clipcap.py --help`.
+`python examples/finetune_clipcap.py --help`. As in TRL's scripts, `--config recipe.yaml` reads any of them from a
+YAML file (flags on the command line win); `examples/recipes/` holds the paper's settings:
+
+    accelerate launch examples/finetune_clipcap.py --config examples/recipes/clipcap_coco.yaml
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+import yaml
+from trl import TrlParser
 
 from discritune_trl import (
     ClipCapPolicy,
@@ -131,18 +135,36 @@ def peft_config(model_args: ModelArguments):
 
 
 def flags_given(argv: list[str]) -> set[str]:
-    """Names of the `--flags` on the command line, so world defaults never override what the user set."""
-    return {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+    """Names of the fields the user set, on the command line or in the `--config` YAML, so that the embedded world's
+    defaults never override them."""
+    names = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")} - {"config"}
+    if "--config" in argv:
+        with open(argv[argv.index("--config") + 1]) as handle:
+            names |= set(yaml.safe_load(handle) or {}) - {"env"}
+    return names
 
 
-def main(script_args: ScriptArguments, training_args: DiscriTuneConfig, model_args: ModelArguments) -> None:
+def parse_arguments(argv: list[str] | None = None):
+    """`(script_args, training_args, model_args, given_flags)` from the command line and `--config recipe.yaml`
+    (TRL's `TrlParser`: the YAML replaces the defaults, the command line overrides the YAML)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = TrlParser((ScriptArguments, DiscriTuneConfig, ModelArguments))
+    return (*parser.parse_args_and_config(argv), flags_given(argv))
+
+
+def main(
+    script_args: ScriptArguments,
+    training_args: DiscriTuneConfig,
+    model_args: ModelArguments,
+    given_flags: set[str] | frozenset[str] = frozenset(),
+) -> None:
     start = time.time()
     if training_args.output_dir in (None, "trainer_output"):
         training_args.output_dir = DEFAULT_OUTPUT_DIR
     if script_args.dataset_name is None:
         from discritune_trl.world import run_world_job
 
-        run_world_job(training_args, flags_given(sys.argv[1:]), cache_dir=script_args.world_cache_dir, start=start)
+        run_world_job(training_args, given_flags, cache_dir=script_args.world_cache_dir, start=start)
         return
 
     train_dataset = load_image_dataset(
@@ -190,5 +212,4 @@ def main(script_args: ScriptArguments, training_args: DiscriTuneConfig, model_ar
 
 
 if __name__ == "__main__":
-    parser = HfArgumentParser((ScriptArguments, DiscriTuneConfig, ModelArguments))
-    main(*parser.parse_args_into_dataclasses())
+    main(*parse_arguments())

@@ -1,6 +1,8 @@
-"""Suite-wide settings: offline, few threads, slow tests opt-in."""
+"""Suite-wide settings: offline, few threads, slow tests opt-in; loading the example scripts as modules."""
 
+import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -21,3 +23,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def load_example():
+    """`load_example("finetune_clipcap.py")`: the script under `examples/` as a module, without running it."""
+
+    def load(script: str):
+        name = os.path.splitext(script)[0]
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", script)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+        spec.loader.exec_module(module)
+        return module
+
+    return load

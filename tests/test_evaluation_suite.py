@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,16 +24,6 @@ def palette_dataset() -> datasets.Dataset:
             {"image": datasets.Image(), "captions": datasets.Sequence(datasets.Value("string"))}
         ),
     )
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_captioner", os.path.join(ROOT, "examples", "evaluate_captioner.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_caption_images_uses_beam_five_by_default_and_reads_datasets():
@@ -68,8 +57,8 @@ def test_evaluate_captions_combines_every_metric():
     assert vague["precision_at_1"] == 0.0 and "bleu_4" not in vague
 
 
-def test_example_script_end_to_end(tmp_path):
-    module = load_example()
+def test_example_script_end_to_end(tmp_path, load_example):
+    module = load_example("evaluate_captioner.py")
     for name, vague in (("descriptive", False), ("vague", True)):
         ColorCaptionPolicy(vague=vague).save_pretrained(str(tmp_path / name))
     palette_dataset().save_to_disk(str(tmp_path / "data_a"))
@@ -87,7 +76,7 @@ def test_example_script_end_to_end(tmp_path):
         "--hard_distractors", "true",
         "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
-    (args,) = module.HfArgumentParser(module.EvaluationArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = module.TrlParser(module.EvaluationArguments).parse_args_and_config(argv)
     assert args.num_beams == 5
     results = module.main(args)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())

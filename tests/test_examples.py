@@ -7,6 +7,7 @@ import sys
 
 import datasets
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -84,3 +85,60 @@ def test_finetune_blip_runs_with_no_arguments_without_a_world(tmp_path):
     )  # fmt: skip
     assert "Using the embedded world" not in result.stdout
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "README.md").is_file()
+
+
+RECIPES = os.path.join(ROOT, "examples", "recipes")
+
+
+def test_clipcap_recipe_sets_the_papers_setting_and_flags_override_it(load_example):
+    script_args, training_args, model_args, given = load_example("finetune_clipcap.py").parse_arguments(
+        ["--config", os.path.join(RECIPES, "clipcap_coco.yaml"), "--learning_rate", "3e-7", "--use_cpu"]
+    )
+    assert training_args.learning_rate == 3e-7  # the command line wins over the YAML
+    assert training_args.per_device_train_batch_size == 100 and training_args.num_train_epochs == 20
+    assert (training_args.baseline, training_args.reward_type, training_args.train_decoding) == (
+        "mean",
+        "log_prob",
+        "greedy",
+    )
+    assert training_args.output_dir == "discritune-clipcap-coco"
+    assert script_args.dataset_name == "./coco_karpathy" and model_args.clipcap_model == "./coco_weights.pt"
+    assert (model_args.retriever_model_name, model_args.retriever_pretrained) == ("ViT-B-32", "openai")
+    assert {"learning_rate", "baseline", "per_device_train_batch_size", "dataset_name"} <= given
+    assert "config" not in given
+
+
+def test_world_recipe_keeps_its_fields_over_the_world_defaults(load_example):
+    from discritune_trl.world.job import WORLD_TRAINING_DEFAULTS, apply_world_defaults
+
+    script_args, training_args, _, given = load_example("finetune_clipcap.py").parse_arguments(
+        ["--config", os.path.join(RECIPES, "world_greedy_baseline.yaml"), "--use_cpu"]
+    )
+    assert script_args.dataset_name is None  # the embedded world
+    apply_world_defaults(training_args, given)
+    assert (training_args.baseline, training_args.train_decoding, training_args.num_beams) == ("greedy", "beam", 5)
+    assert training_args.output_dir == "outputs/discritune-world-greedy-baseline"
+    assert training_args.learning_rate == WORLD_TRAINING_DEFAULTS["learning_rate"]  # not in the recipe
+
+
+@pytest.mark.parametrize(
+    "recipe, script",
+    [
+        ("clipcap_conceptual_captions.yaml", "finetune_clipcap.py"),
+        ("blip_coco.yaml", "finetune_blip.py"),
+    ],
+)
+def test_every_recipe_parses_into_a_valid_config(recipe, script, load_example):
+    parsed = load_example(script).parse_arguments(["--config", os.path.join(RECIPES, recipe), "--use_cpu"])
+    training_args = parsed[1]
+    assert training_args.learning_rate == 1e-7 and training_args.per_device_train_batch_size == 100
+    assert sorted(os.listdir(RECIPES)) == sorted(
+        ["clipcap_coco.yaml", "clipcap_conceptual_captions.yaml", "blip_coco.yaml", "world_greedy_baseline.yaml"]
+    )  # a new recipe gets a row in this test
+
+
+def test_a_recipe_with_an_unknown_field_is_refused(tmp_path, load_example):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("learning_rat: 1.0e-7\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        load_example("finetune_clipcap.py").parse_arguments(["--config", str(recipe)])

@@ -59,7 +59,7 @@ def run_world_job(
 
     Args:
         args: the trainer's config; fields not in `given_flags` take :data:`WORLD_TRAINING_DEFAULTS`.
-        given_flags: names of the fields the user set on the command line.
+        given_flags: names of the fields the user set (on the command line or in a `--config` recipe).
         cache_dir: where worlds are cached (default: `default_cache_dir()`).
         start: the job's start time, for `runtime_seconds` (default: now).
         world_config: which world (default: `WorldConfig()`, the documented one).
