@@ -216,6 +216,18 @@ def test_evaluate_reports_p_at_1_with_fewer_candidates_than_asked(tmp_path, capl
     assert "fewer than eval_num_candidates" in caplog.text
 
 
+def test_gradient_accumulation_warns_that_each_micro_batch_is_its_own_candidate_pool(tmp_path, caplog):
+    make_trainer(tmp_path)
+    assert "candidate pool" not in caplog.text
+    trainer = make_trainer(tmp_path, gradient_accumulation_steps=2)
+    assert "gradient_accumulation_steps=2" in caplog.text and "3 in-batch distractors, not the 7" in caplog.text
+    seen = []
+    original = trainer.reward_model.forward
+    trainer.reward_model.forward = lambda *args, **kwargs: seen.append(original(*args, **kwargs)) or seen[-1]
+    trainer.train()
+    assert [tuple(output.logits.shape) for output in seen] == [(4, 4)] * 4  # 2 steps x 2 micro-batches of 4
+
+
 def test_sample_captions_are_logged_with_image_ids(tmp_path):
     trainer = make_trainer(tmp_path, num_sample_captions_to_log=2)
     trainer.train()

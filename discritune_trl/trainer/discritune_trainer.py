@@ -412,6 +412,19 @@ class DiscriTuneTrainer(Trainer):
                 f"{self.accelerator.num_processes} process(es) leaves no in-batch distractors; use >= 2 images "
                 "per step or give the reward model a hard-negative bank with num_hard_negatives > 0."
             )
+        accumulation = self.args.gradient_accumulation_steps
+        if accumulation > 1:
+            logger.warning(
+                "gradient_accumulation_steps=%d: each micro-batch of %d image(s) on %d process(es) is its own "
+                "candidate pool, so a caption competes with %d in-batch distractors, not the %d of the accumulated "
+                "batch. The paper uses 100 candidates per caption: raise per_device_train_batch_size instead (or add "
+                "mined distractors with num_hard_negatives) to keep the task as hard.",
+                accumulation,
+                self.args.per_device_train_batch_size,
+                self.accelerator.num_processes,
+                global_batch - 1,
+                global_batch * accumulation - 1,
+            )
 
 
 def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig) -> nn.Module:
