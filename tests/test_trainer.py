@@ -195,6 +195,7 @@ def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):
     trainer.save_model(out)
     card = open(os.path.join(out, "README.md")).read()
     assert "DiscriTune" in card and "dessi2023discritune" in card and '"baseline": "mean"' in card
+    assert "base_model" not in card and "No evaluation was run." in card  # a local policy: no Hub base model
     loaded = ClipCapPolicy.from_pretrained(out)
     pixels = trainer.model.preprocess(random_images(3, seed=5))
     original = trainer.model.generate_captions(pixel_values=pixels, max_new_tokens=6)
@@ -206,6 +207,55 @@ def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):
         rtol=0,
         atol=0,
     )
+
+
+class FakeHub:
+    """Stands in for `huggingface_hub.HfApi` (no network): records the repo and copies what would be uploaded."""
+
+    def __init__(self, root):
+        self.root, self.calls = root, []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs.get("private")))
+        return type("RepoUrl", (), {"repo_id": f"me/{repo_id}"})()
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        import fnmatch
+        import shutil
+
+        self.calls.append(("upload_folder", repo_id, kwargs.get("commit_message")))
+        target = self.root / repo_id
+        for name in os.listdir(folder_path):
+            if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns):
+                copy = shutil.copytree if os.path.isdir(os.path.join(folder_path, name)) else shutil.copy
+                copy(os.path.join(folder_path, name), target / name)
+        return f"https://huggingface.co/{repo_id}"
+
+
+def test_push_to_hub_uploads_the_policy_and_its_model_card(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    hub = FakeHub(tmp_path / "hub")
+    (hub.root / "me" / "clipcap-discritune").mkdir(parents=True)
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    trainer = make_trainer(
+        tmp_path, max_steps=1, output_dir=str(tmp_path / "clipcap-discritune"), hub_private_repo=True
+    )
+    trainer.model.config._name_or_path = "someone/clipcap-coco"  # as after from_pretrained("someone/clipcap-coco")
+    trainer.train()
+    trainer.push_to_hub(dataset_name="my-images")
+
+    assert hub.calls[0] == ("create_repo", "clipcap-discritune", True)
+    assert hub.calls[-1] == ("upload_folder", "me/clipcap-discritune", "End of training")
+    pushed = hub.root / "me" / "clipcap-discritune"
+    card = (pushed / "README.md").read_text()
+    assert "dessi2023discritune" in card and "- discritune\n" in card
+    assert "base_model: someone/clipcap-coco\n" in card and "datasets:\n- my-images\n" in card
+    assert 'ClipCapPolicy.from_pretrained("me/clipcap-discritune")' in card  # usage reads the pushed repo
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(pushed))
+    loaded = ClipCapPolicy.from_pretrained(str(pushed))  # what a user gets back from the Hub
+    for (name, pushed_param), (_, trained) in zip(loaded.named_parameters(), trainer.model.named_parameters()):
+        torch.testing.assert_close(pushed_param, trained, rtol=0, atol=0, msg=name)
 
 
 def test_evaluate_reports_p_at_1_with_fewer_candidates_than_asked(tmp_path, caplog):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 
 CITATION = """@inproceedings{dessi2023discritune,
@@ -37,10 +39,25 @@ HYPERPARAMETERS = (
 )
 
 
-def _describe(module) -> str:
+def _name_or_path(module) -> str:
     config = getattr(module, "config", None)
-    name = getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", "")
+    return getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", "") or ""
+
+
+def _describe(module) -> str:
+    name = _name_or_path(module)
     return f"`{name}` ({type(module).__name__})" if name else f"`{type(module).__name__}`"
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub repo id (for the card's `base_model` / `datasets` fields), not a local path."""
+    if not name or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
 
 
 def write_model_card(
@@ -65,13 +82,21 @@ def write_model_card(
     }
     final_metrics.update(metrics or {})
     dataset_line = dataset_name or getattr(getattr(trainer.train_dataset, "info", None), "dataset_name", None)
-    front_matter = {
-        "library_name": "discritune-trl",
-        "pipeline_tag": "image-to-text",
-        "tags": sorted(set(tags or []) | {"discritune"}),
-    }
+    card_data = ModelCardData(
+        library_name="discritune-trl",
+        pipeline_tag="image-to-text",
+        tags=sorted(set(tags or []) | {"discritune"}),
+        base_model=_hub_id(_name_or_path(policy)),
+        datasets=[dataset_line] if _hub_id(dataset_line) else None,
+    )
+    repo_id = getattr(trainer, "hub_model_id", None) or model_name or output_dir
+    metrics_block = (
+        f"```json\n{json.dumps(final_metrics, indent=2, default=str)}\n```"
+        if final_metrics
+        else "No evaluation was run."
+    )
     card = f"""---
-{_yaml(front_matter)}
+{card_data.to_yaml()}
 ---
 
 # {model_name or os.path.basename(os.path.abspath(output_dir))}
@@ -93,9 +118,7 @@ batch; the captioner is rewarded for captions that let it. No human captions wer
 
 ## Final metrics
 
-```json
-{json.dumps(final_metrics, indent=2, default=str) if final_metrics else "{}  (no evaluation was run)"}
-```
+{metrics_block}
 
 `eval_p_at_1` is the paper's retrieval precision at 1: the frozen retriever reads the beam-search caption and
 ranks the target among `eval_num_candidates` images.
@@ -105,7 +128,7 @@ ranks the target among `eval_num_candidates` images.
 ```python
 from discritune_trl import {type(policy).__name__}
 
-policy = {type(policy).__name__}.from_pretrained("{model_name or output_dir}")
+policy = {type(policy).__name__}.from_pretrained("{repo_id}")
 captions = policy.generate_captions(pixel_values=policy.preprocess(images), num_beams=5).texts
 ```
 
@@ -119,14 +142,3 @@ captions = policy.generate_captions(pixel_values=policy.preprocess(images), num_
     path = os.path.join(output_dir, "README.md")
     ModelCard(card).save(path)
     return path
-
-
-def _yaml(mapping: dict) -> str:
-    lines = []
-    for key, value in mapping.items():
-        if isinstance(value, list):
-            lines.append(f"{key}:")
-            lines.extend(f"- {item}" for item in value)
-        else:
-            lines.append(f"{key}: {value}")
-    return "\n".join(lines)
