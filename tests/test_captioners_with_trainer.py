@@ -33,8 +33,7 @@ def git_policy():
 
 def run_steps(policy, tmp_path, **trainer_kwargs):
     dataset = datasets.Dataset.from_dict({"image": random_images(8, seed=3)}).cast_column("image", datasets.Image())
-    config_kwargs = trainer_kwargs.pop("config_kwargs", {})
-    args = trainer_module.DiscriTuneConfig(
+    settings = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
         max_steps=2,
@@ -45,12 +44,17 @@ def run_steps(policy, tmp_path, **trainer_kwargs):
         report_to=[],
         save_strategy="no",
         use_cpu=True,
-        **config_kwargs,
     )
+    settings.update(trainer_kwargs.pop("config_kwargs", {}))
+    resume_from_checkpoint = trainer_kwargs.pop("resume_from_checkpoint", None)
     trainer = trainer_module.DiscriTuneTrainer(
-        model=policy, reward_model=tiny_open_clip_retriever(), args=args, train_dataset=dataset, **trainer_kwargs
+        model=policy,
+        reward_model=tiny_open_clip_retriever(),
+        args=trainer_module.DiscriTuneConfig(**settings),
+        train_dataset=dataset,
+        **trainer_kwargs,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 
@@ -87,3 +91,12 @@ def test_lora_with_kl_to_the_adapter_free_policy_trains_only_adapters(tmp_path):
             key = name.replace(".base_layer", "")
             assert torch.equal(p, before[key]), name
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in base.named_parameters() if "lora_B" in n)
+
+
+def test_blip_resumes_from_a_checkpoint_with_its_tied_decoder_head(tmp_path, caplog):
+    first = run_steps(blip_policy(), tmp_path, config_kwargs={"save_strategy": "steps", "save_steps": 1})
+    resumed = run_steps(blip_policy(), tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert "missing keys" not in caplog.text  # the decoder head tied to the word embeddings is re-tied
+    head = resumed.model.text_decoder.cls.predictions.decoder
+    assert head.weight is resumed.model.text_decoder.bert.embeddings.word_embeddings.weight
+    assert resumed.state.global_step == first.state.global_step == 2

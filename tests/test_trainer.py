@@ -171,7 +171,7 @@ def test_every_baseline_and_decoding_trains(tmp_path, overrides):
     assert not torch.equal(weights, trainer.model.language_model.lm_head.weight)
 
 
-def test_resume_gives_the_same_weights_and_baseline(tmp_path):
+def test_resume_gives_the_same_weights_and_baseline(tmp_path, caplog):
     dataset = image_dataset(16)
     full = make_trainer(tmp_path / "full", dataset=dataset, max_steps=4)
     full.train()
@@ -182,10 +182,36 @@ def test_resume_gives_the_same_weights_and_baseline(tmp_path):
     assert os.path.isfile(os.path.join(checkpoint, "discritune_baseline.json"))
     resumed = make_trainer(tmp_path / "half", dataset=dataset, max_steps=4, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=checkpoint)
+    assert "missing keys" not in caplog.text  # GPT-2's tied lm_head is re-tied, not reported missing
 
     assert resumed.running_mean.state_dict() == pytest.approx(full.running_mean.state_dict())
     for (name, p_full), (_, p_resumed) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(p_resumed, p_full, rtol=0, atol=1e-6, msg=name)
+
+
+def test_load_best_model_at_end_selects_on_retrieval_p_at_1(tmp_path, caplog):
+    config = make_config(
+        tmp_path,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+    )
+    assert (config.metric_for_best_model, config.greater_is_better) == ("p_at_1", True)
+    trainer = DiscriTuneTrainer(
+        model=tiny_clipcap_policy(seed=0),
+        reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
+        args=config,
+        train_dataset=image_dataset(8),
+        eval_dataset=image_dataset(12, seed=3),
+    )
+    trainer.train()
+    evaluations = [entry["eval_p_at_1"] for entry in trainer.state.log_history if "eval_p_at_1" in entry]
+    assert len(evaluations) == 2 and trainer.state.best_metric == max(evaluations)
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{2 + 2 * evaluations.index(max(evaluations))}")
+    assert "missing keys" not in caplog.text
 
 
 def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):

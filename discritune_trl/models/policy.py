@@ -163,6 +163,13 @@ def reduce_token_log_probs(
     return summed / mask.sum(dim=1).clamp(min=1.0)
 
 
+def expect_tied_weights_unsaved(model) -> None:
+    """Declare the tied weights that `save_pretrained` leaves out of `model.safetensors` (GPT-2's `lm_head.weight`,
+    BLIP's decoder head) as not saved, so that `Trainer`, resuming from a checkpoint or loading the best model, ties
+    them again instead of warning that they are missing. Untied weights are saved as usual."""
+    model._keys_to_ignore_on_save = set(getattr(model, "all_tied_weights_keys", None) or {})
+
+
 def to_rgb(images: list[Image.Image]) -> list[Image.Image]:
     """Convert grayscale, palette, RGBA, CMYK... PIL images to RGB; raise a clear error on anything else."""
     converted = []

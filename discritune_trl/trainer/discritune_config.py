@@ -116,6 +116,9 @@ class DiscriTuneConfig(TrainingArguments):
         num_sample_captions_to_log (`int`, *optional*, defaults to `4`):
             Sample captions (with their images' dataset indices) written to the log and to
             `<output_dir>/sample_captions.jsonl` at each logging step.
+
+        With `load_best_model_at_end=True` and no `metric_for_best_model`, the best checkpoint is the one with the
+        highest `eval_p_at_1` (`metric_for_best_model="p_at_1"`).
     """
 
     # Defaults that differ from TrainingArguments: the paper's optimisation setting.
@@ -192,6 +195,9 @@ class DiscriTuneConfig(TrainingArguments):
             # Several processes on a machine without accelerator (`accelerate launch --multi_gpu --num_processes 2`
             # on CPUs): without this, Accelerate would see no device to distribute over and skip DDP.
             self.use_cpu = True
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            # Trainer's default, "loss", is not an evaluation metric here: evaluate() reports retrieval P@1.
+            self.metric_for_best_model = "p_at_1"
         super().__post_init__()
         self._check_choice("train_decoding", TRAIN_DECODINGS)
         self._check_choice("baseline", BASELINES)

@@ -25,6 +25,7 @@ from ..policy import (
     captions_from_generated,
     captions_per_image,
     check_generation_arguments,
+    expect_tied_weights_unsaved,
     full_stop_token_ids,
     gather_token_log_probs,
     reduce_token_log_probs,
@@ -87,6 +88,7 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
         self.tokenizer = tokenizer
         self._stop_token_ids: list[int] | None = None
         self.post_init()
+        expect_tied_weights_unsaved(self)
         self.apply_freezing()
 
     # ------------------------------------------------------------------ construction helpers

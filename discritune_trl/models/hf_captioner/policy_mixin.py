@@ -22,6 +22,7 @@ from ..policy import (
     captions_from_generated,
     captions_per_image,
     check_generation_arguments,
+    expect_tied_weights_unsaved,
     full_stop_token_ids,
     gather_token_log_probs,
     reduce_token_log_probs,
@@ -71,6 +72,7 @@ class HFCaptionerMixin(CaptioningPolicy):
         self.tokenizer = None
         self._prefix_ids = None  # [P] start tokens + prompt tokens
         self.stop_token_ids: list[int] = []
+        expect_tied_weights_unsaved(self)
         self._freeze_vision_encoder()
         if image_processor is not None or tokenizer is not None:
             self.set_processor(image_processor=image_processor, tokenizer=tokenizer)
