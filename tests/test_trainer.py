@@ -292,6 +292,19 @@ def test_evaluate_reports_p_at_1_with_fewer_candidates_than_asked(tmp_path, capl
     assert "fewer than eval_num_candidates" in caplog.text
 
 
+def test_the_short_last_batch_is_dropped_in_training_but_every_image_is_evaluated(tmp_path):
+    # 9 images in batches of 4: the last batch would hold one image, with no distractor to discriminate against.
+    trainer = make_trainer(tmp_path, dataset=image_dataset(9), max_steps=-1, num_train_epochs=2)
+    seen = []
+    original = trainer.reward_model.forward
+    trainer.reward_model.forward = lambda *args, **kwargs: seen.append(original(*args, **kwargs)) or seen[-1]
+    trainer.train()
+    assert [tuple(output.logits.shape) for output in seen] == [(4, 4)] * 4  # 2 full batches x 2 epochs
+    texts, text_embeds, image_embeds = trainer.caption_dataset(image_dataset(9, seed=1))
+    assert len(texts) == text_embeds.shape[0] == image_embeds.shape[0] == 9
+    assert trainer.evaluate(image_dataset(9, seed=1))["eval_num_candidates"] == 9
+
+
 def test_gradient_accumulation_warns_that_each_micro_batch_is_its_own_candidate_pool(tmp_path, caplog):
     make_trainer(tmp_path)
     assert "candidate pool" not in caplog.text

@@ -134,6 +134,13 @@ class DiscriTuneConfig(TrainingArguments):
         default=100, metadata={"help": "Images per device and step; every image of the global batch is a candidate."}
     )
     per_device_eval_batch_size: int = field(default=100, metadata={"help": "Images per device when captioning."})
+    dataloader_drop_last: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop the last, short training batch: its captions would face fewer distractors (a batch of one "
+            "image, none). Evaluation always captions every image."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns: the collator picks the image column itself."}
     )

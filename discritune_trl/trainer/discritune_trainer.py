@@ -309,6 +309,15 @@ class DiscriTuneTrainer(Trainer):
         order = torch.cat(indices).cpu().argsort()  # processes interleave batches: back to dataset order
         return [texts[i] for i in order.tolist()], torch.cat(text_embeds)[order], torch.cat(image_embeds)[order]
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Batches of every evaluation image: `dataloader_drop_last` (on by default here) drops the short last
+        batch in training only."""
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
     def _retriever_image_embeds(self, batch: dict[str, Any]) -> torch.Tensor:
         """`[B, D]` image embeddings of the (first) retriever, cached or computed from pixels."""
         inputs = retriever_image_inputs(batch)
