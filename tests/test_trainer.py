@@ -305,6 +305,26 @@ def test_the_short_last_batch_is_dropped_in_training_but_every_image_is_evaluate
     assert trainer.evaluate(image_dataset(9, seed=1))["eval_num_candidates"] == 9
 
 
+def test_streaming_datasets_train_and_evaluate_without_a_cache(tmp_path):
+    stream = image_dataset(12).to_iterable_dataset()
+    with pytest.raises(ValueError, match="no column 'picture'"):
+        make_trainer(tmp_path, dataset=stream, image_column="picture")
+    trainer = make_trainer(tmp_path, dataset=stream, max_steps=3, num_sample_captions_to_log=4)
+    assert isinstance(trainer.train_dataset, datasets.IterableDataset)  # not materialised to be cached
+    trainer.train()
+    rewards = [entry["reward/mean"] for entry in trainer.state.log_history if "reward/mean" in entry]
+    assert len(rewards) == 3 and all(np.isfinite(rewards))
+    lines = open(os.path.join(trainer.args.output_dir, "sample_captions.jsonl")).read().splitlines()
+    assert sorted(json.loads(line)["image_index"] for line in lines[-4:]) == [
+        8,
+        9,
+        10,
+        11,
+    ]  # step 3: the stream read in order
+    metrics = trainer.evaluate(image_dataset(10, seed=2).to_iterable_dataset())
+    assert metrics["eval_num_candidates"] == 10
+
+
 def test_gradient_accumulation_warns_that_each_micro_batch_is_its_own_candidate_pool(tmp_path, caplog):
     make_trainer(tmp_path)
     assert "candidate pool" not in caplog.text

@@ -59,3 +59,17 @@ def test_two_process_training_uses_the_global_batch(tmp_path):
     assert ranks[0]["captions"] == ranks[1]["captions"] == expected_captions
     expected_embeds = single.encode_images(single.preprocess(images))
     torch.testing.assert_close(ranks[0]["image_embeds"], expected_embeds, rtol=1e-5, atol=1e-5)
+
+    # From a streaming dataset, the first global batch is the stream's first 8 images, 4 per process, each caption
+    # scored against all 8; the weights stay in sync and caption_dataset still returns every image once, in order.
+    streams = [rank["stream"] for rank in ranks]
+    assert all(stream["first_call"]["num_candidates"] == 8 for stream in streams)
+    stream_pixels = torch.cat([stream["first_call"]["pixel_values"] for stream in streams])
+    torch.testing.assert_close(stream_pixels, single.preprocess(images[:8]))
+    for name, weight in streams[0]["weights"].items():
+        assert torch.equal(weight, streams[1]["weights"][name]), name
+    policy.load_state_dict(streams[0]["weights"], strict=False)
+    expected_stream_captions = policy.generate_captions(
+        pixel_values=policy.preprocess(images), num_beams=2, max_new_tokens=6
+    ).texts
+    assert streams[0]["captions"] == streams[1]["captions"] == expected_stream_captions

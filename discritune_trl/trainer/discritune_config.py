@@ -206,6 +206,10 @@ class DiscriTuneConfig(TrainingArguments):
             # Trainer's default, "loss", is not an evaluation metric here: evaluate() reports retrieval P@1.
             self.metric_for_best_model = "p_at_1"
         super().__post_init__()
+        if self.accelerator_config.dispatch_batches is None:
+            # Streaming datasets: every process reads its own batches. Batches dispatched from the main process
+            # would be concatenated, which the per-batch count of unreadable images does not allow.
+            self.accelerator_config.dispatch_batches = False
         self._check_choice("train_decoding", TRAIN_DECODINGS)
         self._check_choice("baseline", BASELINES)
         self._check_choice("reward_type", REWARD_TYPES)

@@ -306,7 +306,10 @@ class DiscriTuneTrainer(Trainer):
             # Gathered batch by batch, so that the last, uneven batch is de-duplicated by Accelerate.
             indices.append(gather(batch["image_index"]))
             texts.extend(gather(captions.texts, use_gather_object=True))
-        order = torch.cat(indices).cpu().argsort()  # processes interleave batches: back to dataset order
+        indices = torch.cat(indices).cpu()
+        order = indices.argsort(stable=True)  # processes interleave batches: back to dataset order
+        # A stream split over processes pads its short last batch with rows read before: keep each image once.
+        order = order[torch.cat([torch.tensor([True]), indices[order][1:] != indices[order][:-1]])]
         return [texts[i] for i in order.tolist()], torch.cat(text_embeds)[order], torch.cat(image_embeds)[order]
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -395,6 +398,13 @@ class DiscriTuneTrainer(Trainer):
         `cache_frozen_embeddings`; datasets that already hold them are returned as they are."""
         if isinstance(dataset, dict):
             return {key: self._cache_embeddings(value, f"{name}[{key!r}]") for key, value in dataset.items()}
+        if isinstance(dataset, datasets.IterableDataset):
+            logger.info(
+                "%s is a streaming dataset: its frozen embeddings are computed at every step (cache_embeddings "
+                "needs a map-style dataset; cache_frozen_embeddings + save_to_disk make one that later runs reuse).",
+                name,
+            )
+            return dataset
         if not isinstance(dataset, datasets.Dataset) or RETRIEVER_EMBEDS_COLUMN in dataset.column_names:
             return dataset
         with self.args.main_process_first(desc=f"caching the frozen embeddings of {name}"):
@@ -462,16 +472,24 @@ def _frozen_reference(model: nn.Module) -> nn.Module:
 
 
 def _prepare_dataset(dataset, image_column: str, name: str):
-    """Check the image column, read images lazily (so broken files are skipped, not fatal) and add row indices."""
-    if dataset is None or not isinstance(dataset, datasets.Dataset):
+    """Check the image column, read images lazily (so broken files are skipped, not fatal) and add row indices.
+
+    Map-style and streaming (`datasets.IterableDataset`) datasets alike; a streaming dataset whose columns are not
+    known until it is read is checked by the collator instead.
+    """
+    if dataset is None or not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
         return dataset
-    if image_column not in dataset.column_names:
+    columns = dataset.column_names
+    if columns is not None and image_column not in columns:
         raise ValueError(
-            f"{name} has no column {image_column!r}; its columns are {dataset.column_names}. "
+            f"{name} has no column {image_column!r}; its columns are {columns}. "
             "Set image_column (--image_column) to the one holding the images."
         )
-    if isinstance(dataset.features[image_column], datasets.Image) and dataset.features[image_column].decode:
+    feature = (dataset.features or {}).get(image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    if INDEX_COLUMN not in dataset.column_names:
-        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-    return dataset
+    if columns is not None and INDEX_COLUMN in columns:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(lambda row, index: {INDEX_COLUMN: index}, with_indices=True)
+    return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))

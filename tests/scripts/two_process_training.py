@@ -1,7 +1,8 @@
 """Run by tests/test_trainer_distributed.py under `accelerate launch` with 2 CPU processes.
 
-Trains the tiny policy for two steps and writes, per rank, what the test compares: the first step's captions,
-retriever pixels, rewards and candidate count, the log history and the final weights.
+Trains the tiny policy for two steps, from a map-style and from a streaming dataset, and writes, per rank, what the
+test compares: the first step's captions, retriever pixels, rewards and candidate count, the log history, the final
+weights and the captions of the whole dataset.
 """
 
 import sys
@@ -59,8 +60,27 @@ def main(out_dir: str) -> None:
     trainer.train()
     captions, _, image_embeds = trainer.caption_dataset(dataset)  # 6 uneven batches of 3, split over 2 processes
     rank = trainer.accelerator.process_index
+
+    # The same from a streaming dataset: each process reads its own share of the stream.
+    stream_reward_model = RecordingRewardModel(tiny_open_clip_retriever(seed=0))
+    stream_trainer = DiscriTuneTrainer(
+        model=tiny_clipcap_policy(seed=0),
+        reward_model=stream_reward_model,
+        args=args,
+        train_dataset=dataset.to_iterable_dataset(),
+    )
+    stream_trainer.train()
+    stream_captions, _, _ = stream_trainer.caption_dataset(dataset.to_iterable_dataset())
     torch.save(
         {
+            "stream": {
+                "first_call": stream_reward_model.first_call,
+                "captions": stream_captions,
+                "weights": {
+                    name: p.detach().cpu()
+                    for name, p in stream_trainer.accelerator.unwrap_model(stream_trainer.model).named_parameters()
+                },
+            },
             "num_processes": trainer.accelerator.num_processes,
             "first_call": reward_model.first_call,
             "log_history": trainer.state.log_history,
