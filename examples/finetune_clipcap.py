@@ -60,6 +60,10 @@ class ScriptArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
     dataset_test_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (or none)."})
+    dataset_streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the train split (datasets.IterableDataset; needs --max_steps). Nothing is cached."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval images."})
     world_cache_dir: str | None = field(
@@ -168,14 +172,19 @@ def main(
         return
 
     train_dataset = load_image_dataset(
-        script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config
+        script_args.dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_config,
+        streaming=script_args.dataset_streaming,
     )
     eval_dataset = None
     if script_args.dataset_test_split:
         eval_dataset = load_image_dataset(
             script_args.dataset_name, script_args.dataset_test_split, script_args.dataset_config
         )
-    if script_args.max_train_samples:
+    if script_args.max_train_samples and script_args.dataset_streaming:
+        train_dataset = train_dataset.take(script_args.max_train_samples)
+    elif script_args.max_train_samples:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
     if eval_dataset is not None and script_args.max_eval_samples:
         eval_dataset = eval_dataset.select(range(min(script_args.max_eval_samples, len(eval_dataset))))

@@ -40,6 +40,18 @@ def test_saved_dataset_dict_and_a_missing_split(tmp_path):
         load_image_dataset(str(tmp_path / "saved"), "train")
 
 
+def test_streaming_reads_image_folders_and_saved_datasets_as_they_go(tmp_path):
+    write_images(tmp_path / "folder" / "train", 3)
+    datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(4)]}).cast_column(
+        "image", datasets.Image()
+    ).save_to_disk(str(tmp_path / "saved"))
+    for path, count in ((tmp_path / "folder", 3), (tmp_path / "saved", 4)):
+        stream = load_image_dataset(str(path), "train", streaming=True)
+        assert isinstance(stream, datasets.IterableDataset)
+        rows = list(stream)
+        assert len(rows) == count and all(isinstance(row["image"], Image.Image) for row in rows)
+
+
 def test_unknown_name_offline_says_what_to_pass_instead(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -74,6 +74,42 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
     assert "DiscriTune" in (output_dir / "README.md").read_text()
 
 
+def test_finetune_clipcap_streams_its_train_split(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(10)]
+    datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image()).save_to_disk(
+        str(tmp_path / "data")
+    )
+    tiny_clipcap_policy(seed=0).save_pretrained(str(tmp_path / "clipcap"))
+    retriever = tiny_open_clip_retriever(seed=0)
+    torch.save(retriever.model.state_dict(), tmp_path / "retriever.pt")
+    (tmp_path / "retriever.json").write_text(json.dumps(tiny_open_clip_config()))
+    output_dir = tmp_path / "out"
+    run_example(
+        "finetune_clipcap.py",
+        "--dataset_name", str(tmp_path / "data"),
+        "--dataset_test_split", "",
+        "--dataset_streaming",
+        "--max_train_samples", "8",
+        "--clipcap_model", str(tmp_path / "clipcap"),
+        "--retriever_model_cfg", str(tmp_path / "retriever.json"),
+        "--retriever_checkpoint", str(tmp_path / "retriever.pt"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "4",
+        "--max_steps", "3",
+        "--learning_rate", "1e-3",
+        "--max_new_tokens", "6",
+        "--logging_steps", "1",
+        "--report_to", "none",
+        "--save_strategy", "no",
+        "--use_cpu",
+    )  # fmt: skip
+    samples = [json.loads(line) for line in (output_dir / "sample_captions.jsonl").read_text().splitlines()]
+    assert {sample["step"] for sample in samples} == {1, 2, 3}
+    assert {sample["image_index"] for sample in samples} <= set(range(8))  # --max_train_samples 8 of the stream
+    assert (output_dir / "model.safetensors").is_file()
+
+
 def test_finetune_blip_runs_with_no_arguments_without_a_world(tmp_path):
     output_dir = tmp_path / "blip"
     result = run_example(
