@@ -214,6 +214,33 @@ def test_load_best_model_at_end_selects_on_retrieval_p_at_1(tmp_path, caplog):
     assert "missing keys" not in caplog.text
 
 
+def test_several_evaluation_sets_are_reported_by_name_and_can_pick_the_best_model(tmp_path):
+    def trainer_with(**overrides):
+        return DiscriTuneTrainer(
+            model=tiny_clipcap_policy(seed=0),
+            reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
+            args=make_config(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, **overrides),
+            train_dataset=image_dataset(8),
+            eval_dataset={"in_domain": image_dataset(12, seed=3), "shifted": image_dataset(10, seed=4)},
+        )
+
+    with pytest.raises(ValueError, match=r"\['in_domain_p_at_1', 'shifted_p_at_1'\]: pick one"):
+        trainer_with(save_strategy="steps", save_steps=2, load_best_model_at_end=True)  # p_at_1 is not reported
+    trainer = trainer_with(
+        save_strategy="steps", save_steps=2, load_best_model_at_end=True, metric_for_best_model="shifted_p_at_1"
+    )
+    trainer.train()
+    evaluations = [entry for entry in trainer.state.log_history if any(key.startswith("eval_") for key in entry)]
+    assert [sorted(key for key in entry if key.endswith("num_candidates")) for entry in evaluations] == [
+        ["eval_in_domain_num_candidates"],
+        ["eval_shifted_num_candidates"],
+    ] * 2
+    shifted = [entry["eval_shifted_p_at_1"] for entry in evaluations if "eval_shifted_p_at_1" in entry]
+    assert trainer.state.best_metric == max(shifted)
+    metrics = trainer.evaluate()
+    assert metrics["eval_in_domain_num_candidates"] == 12 and metrics["eval_shifted_num_candidates"] == 10
+
+
 def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.train()

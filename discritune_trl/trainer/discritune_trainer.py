@@ -103,6 +103,7 @@ class DiscriTuneTrainer(Trainer):
             optimizers=optimizers,
         )
         self._check_distractors()
+        self._check_best_model_metric()
         self.reward_model.to(self.accelerator.device).eval()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
@@ -331,17 +332,29 @@ class DiscriTuneTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Caption `eval_dataset` with beam search and report retrieval P@1 among `eval_num_candidates`
-        candidates (the target and random evaluation images drawn with `eval_seed`: the paper's protocol)."""
+        candidates (the target and random evaluation images drawn with `eval_seed`: the paper's protocol).
+
+        A dict of datasets (e.g. `{"in_domain": ..., "shifted": ...}`, the paper's cross-domain evaluation) is
+        evaluated set by set, each set's metrics prefixed with its name (`eval_shifted_p_at_1`).
+        """
         from ..evaluation.retrieval import precision_at_1
 
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs an eval_dataset: pass one here or to the trainer.")
+        if isinstance(dataset, str):  # Trainer names one set of a dict of evaluation datasets
+            dataset = self.eval_dataset[dataset]
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, subset in dataset.items():
+                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
         texts, text_embeds, image_embeds = self.caption_dataset(dataset, description="Evaluating")
         num_candidates = min(self.args.eval_num_candidates, len(texts))
         if num_candidates < self.args.eval_num_candidates:
             logger.warning(
-                "eval_dataset has %d images, fewer than eval_num_candidates=%d; P@1 uses %d candidates.",
+                "%s: %d images, fewer than eval_num_candidates=%d; P@1 uses %d candidates.",
+                metric_key_prefix,
                 len(texts),
                 self.args.eval_num_candidates,
                 num_candidates,
@@ -421,6 +434,18 @@ class DiscriTuneTrainer(Trainer):
         return cached
 
     # ------------------------------------------------------------------ checks
+
+    def _check_best_model_metric(self) -> None:
+        """`metric_for_best_model` must name a metric `evaluate()` reports, before any training is spent."""
+        metric = self.args.metric_for_best_model
+        if not self.args.load_best_model_at_end or metric is None or not isinstance(self.eval_dataset, dict):
+            return
+        names = [f"{name}_p_at_1" for name in self.eval_dataset]
+        if metric.removeprefix("eval_") not in names:
+            raise ValueError(
+                f"metric_for_best_model={metric!r}, but with several evaluation datasets evaluate() reports "
+                f"{names}: pick one of those."
+            )
 
     def _check_distractors(self) -> None:
         global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
