@@ -304,7 +304,7 @@ def test_push_to_hub_uploads_the_policy_and_its_model_card(tmp_path, monkeypatch
     card = (pushed / "README.md").read_text()
     assert "dessi2023discritune" in card and "- discritune\n" in card
     assert "base_model: someone/clipcap-coco\n" in card and "datasets:\n- my-images\n" in card
-    assert 'ClipCapPolicy.from_pretrained("me/clipcap-discritune")' in card  # usage reads the pushed repo
+    assert 'load_policy("me/clipcap-discritune")  # ClipCapPolicy' in card  # usage reads the pushed repo
     assert not any(name.startswith("checkpoint-") for name in os.listdir(pushed))
     loaded = ClipCapPolicy.from_pretrained(str(pushed))  # what a user gets back from the Hub
     for (name, pushed_param), (_, trained) in zip(loaded.named_parameters(), trainer.model.named_parameters()):

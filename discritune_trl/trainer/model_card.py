@@ -75,6 +75,8 @@ def write_model_card(
     args = trainer.args
     output_dir = output_dir or args.output_dir
     policy = trainer.accelerator.unwrap_model(trainer.model)
+    adapters = hasattr(policy, "get_base_model")  # a peft.PeftModel: the folder holds LoRA adapters
+    base_policy = policy.get_base_model() if adapters else policy
     retriever = getattr(trainer.reward_model, "retriever", trainer.reward_model)
     hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if hasattr(args, name)}
     final_metrics = {
@@ -86,7 +88,7 @@ def write_model_card(
         library_name="discritune-trl",
         pipeline_tag="image-to-text",
         tags=sorted(set(tags or []) | {"discritune"}),
-        base_model=_hub_id(_name_or_path(policy)),
+        base_model=_hub_id(_name_or_path(base_policy)),
         datasets=[dataset_line] if _hub_id(dataset_line) else None,
     )
     repo_id = getattr(trainer, "hub_model_id", None) or model_name or output_dir
@@ -105,7 +107,7 @@ An image captioner fine-tuned with **DiscriTune** (discriminative fine-tuning wi
 text-to-image retriever reads each generated caption and must pick its image out of the other images of the
 batch; the captioner is rewarded for captions that let it. No human captions were used for training.
 
-- **Base captioner:** {_describe(policy)}
+- **Base captioner:** {_describe(base_policy)}{" with LoRA adapters (this repository holds the adapters)" if adapters else ""}
 - **Retriever (frozen judge):** {_describe(retriever)}
 - **Training data:** {dataset_line or "images of the trainer's `train_dataset`"}
 - **Trained with:** [discritune-trl](https://pypi.org/project/discritune-trl/) `DiscriTuneTrainer`
@@ -126,9 +128,9 @@ ranks the target among `eval_num_candidates` images.
 ## Usage
 
 ```python
-from discritune_trl import {type(policy).__name__}
+from discritune_trl.models.auto import load_policy
 
-policy = {type(policy).__name__}.from_pretrained("{repo_id}")
+policy = load_policy("{repo_id}")  # {"the base policy with the adapters applied (a peft.PeftModel)" if adapters else type(policy).__name__}
 captions = policy.generate_captions(pixel_values=policy.preprocess(images), num_beams=5).texts
 ```
 
