@@ -100,3 +100,12 @@ def test_blip_resumes_from_a_checkpoint_with_its_tied_decoder_head(tmp_path, cap
     head = resumed.model.text_decoder.cls.predictions.decoder
     assert head.weight is resumed.model.text_decoder.bert.embeddings.word_embeddings.weight
     assert resumed.state.global_step == first.state.global_step == 2
+
+
+@pytest.mark.parametrize("build", [blip_policy, vit_gpt2_policy, git_policy], ids=["blip", "vit-gpt2", "git"])
+def test_gradient_checkpointing_trains(build, tmp_path):
+    policy = build()
+    before = {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
+    run_steps(policy, tmp_path, config_kwargs={"gradient_checkpointing": True})
+    assert any(getattr(module, "gradient_checkpointing", False) for module in policy.modules())
+    assert any(not torch.equal(p, before[name]) for name, p in policy.named_parameters() if p.requires_grad)

@@ -352,6 +352,26 @@ def test_streaming_datasets_train_and_evaluate_without_a_cache(tmp_path):
     assert metrics["eval_num_candidates"] == 10
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
+    def loss_and_gradients(**overrides):
+        trainer = make_trainer(tmp_path / str(len(overrides)), max_steps=1, **overrides)
+        if overrides:
+            trainer.model.gradient_checkpointing_enable()  # what train() does with gradient_checkpointing=True
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+        loss.backward()
+        return loss.detach(), {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
+
+    loss, gradients = loss_and_gradients()
+    checkpointed_loss, checkpointed_gradients = loss_and_gradients(gradient_checkpointing=True)
+    assert torch.equal(loss, checkpointed_loss) and gradients.keys() == checkpointed_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(checkpointed_gradients[name], gradient, rtol=1e-5, atol=1e-6, msg=name)
+    trainer = make_trainer(tmp_path / "train", gradient_checkpointing=True)
+    trainer.train()
+    assert all(block.gradient_checkpointing for block in trainer.model.language_model.transformer.h)
+
+
 def test_gradient_accumulation_warns_that_each_micro_batch_is_its_own_candidate_pool(tmp_path, caplog):
     make_trainer(tmp_path)
     assert "candidate pool" not in caplog.text

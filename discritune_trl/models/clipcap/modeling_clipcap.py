@@ -64,6 +64,7 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
 
     config_class = ClipCapConfig
     base_model_prefix = "clipcap"
+    supports_gradient_checkpointing = True  # the language model's blocks (`gradient_checkpointing=True`)
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = ["GPT2Block"]

@@ -36,6 +36,7 @@ class HFCaptionerPolicy(HFCaptionerMixin, PreTrainedModel):
 
     config_class = HFCaptionerConfig
     base_model_prefix = "captioner"
+    supports_gradient_checkpointing = True  # the language model's blocks (`gradient_checkpointing=True`)
     main_input_name = "pixel_values"
 
     def __init__(
