@@ -28,6 +28,20 @@ def run_example(script: str, *args: str, timeout: int = 300, **env_overrides: st
     return result
 
 
+def local_model_flags(folder) -> list[str]:
+    """Write a tiny ClipCap (saved folder) and a tiny open_clip retriever (checkpoint + architecture JSON) into
+    `folder`, as a user would have them on disk, and return the flags that point the example at them."""
+    tiny_clipcap_policy(seed=0).save_pretrained(str(folder / "clipcap"))
+    retriever = tiny_open_clip_retriever(seed=0)
+    torch.save(retriever.model.state_dict(), folder / "retriever.pt")
+    (folder / "retriever.json").write_text(json.dumps(tiny_open_clip_config()))
+    return [
+        "--clipcap_model", str(folder / "clipcap"),
+        "--retriever_model_cfg", str(folder / "retriever.json"),
+        "--retriever_checkpoint", str(folder / "retriever.pt"),
+    ]  # fmt: skip
+
+
 def test_custom_retriever_example_prints_rewards():
     result = run_example("custom_retriever.py")
     assert "reward" in result.stdout.lower()
@@ -43,18 +57,12 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
         }
     ).cast_column("image", datasets.Image())
     data.save_to_disk(str(tmp_path / "data"))
-    tiny_clipcap_policy(seed=0).save_pretrained(str(tmp_path / "clipcap"))
-    retriever = tiny_open_clip_retriever(seed=0)
-    torch.save(retriever.model.state_dict(), tmp_path / "retriever.pt")
-    (tmp_path / "retriever.json").write_text(json.dumps(tiny_open_clip_config()))
 
     output_dir = tmp_path / "out"
     result = run_example(
         "finetune_clipcap.py",
         "--dataset_name", str(tmp_path / "data"),
-        "--clipcap_model", str(tmp_path / "clipcap"),
-        "--retriever_model_cfg", str(tmp_path / "retriever.json"),
-        "--retriever_checkpoint", str(tmp_path / "retriever.pt"),
+        *local_model_flags(tmp_path),
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "4",
@@ -80,10 +88,6 @@ def test_finetune_clipcap_streams_its_train_split(tmp_path):
     datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image()).save_to_disk(
         str(tmp_path / "data")
     )
-    tiny_clipcap_policy(seed=0).save_pretrained(str(tmp_path / "clipcap"))
-    retriever = tiny_open_clip_retriever(seed=0)
-    torch.save(retriever.model.state_dict(), tmp_path / "retriever.pt")
-    (tmp_path / "retriever.json").write_text(json.dumps(tiny_open_clip_config()))
     output_dir = tmp_path / "out"
     run_example(
         "finetune_clipcap.py",
@@ -91,9 +95,7 @@ def test_finetune_clipcap_streams_its_train_split(tmp_path):
         "--dataset_test_split", "",
         "--dataset_streaming",
         "--max_train_samples", "8",
-        "--clipcap_model", str(tmp_path / "clipcap"),
-        "--retriever_model_cfg", str(tmp_path / "retriever.json"),
-        "--retriever_checkpoint", str(tmp_path / "retriever.pt"),
+        *local_model_flags(tmp_path),
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "4",
         "--max_steps", "3",
