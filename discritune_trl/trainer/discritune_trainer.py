@@ -310,7 +310,8 @@ class DiscriTuneTrainer(Trainer):
         indices = torch.cat(indices).cpu()
         order = indices.argsort(stable=True)  # processes interleave batches: back to dataset order
         # A stream split over processes pads its short last batch with rows read before: keep each image once.
-        order = order[torch.cat([torch.tensor([True]), indices[order][1:] != indices[order][:-1]])]
+        ordered = indices[order]
+        order = order[torch.cat([torch.tensor([True]), ordered[1:] != ordered[:-1]])]
         return [texts[i] for i in order.tolist()], torch.cat(text_embeds)[order], torch.cat(image_embeds)[order]
 
     def get_eval_dataloader(self, eval_dataset=None):
