@@ -451,6 +451,18 @@ def test_nan_reward_stops_before_any_checkpoint(tmp_path):
     assert not os.path.isdir(output_dir) or not any(name.startswith("checkpoint") for name in os.listdir(output_dir))
 
 
+def test_a_cpu_run_does_not_ask_for_pinned_memory(tmp_path):
+    import warnings
+
+    trainer = make_trainer(tmp_path, max_steps=1)
+    assert trainer.args.dataloader_pin_memory is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+        trainer.evaluate(image_dataset(6, seed=1))
+    assert not [str(warning.message) for warning in caught if "pin_memory" in str(warning.message)]
+
+
 def test_bf16_autocast_steps_on_cpu(tmp_path):
     trainer = make_trainer(tmp_path, bf16=True, max_steps=1)
     assert trainer.accelerator.native_amp  # autocast really runs in bf16 on CPU

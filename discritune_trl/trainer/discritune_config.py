@@ -202,6 +202,8 @@ class DiscriTuneConfig(TrainingArguments):
             # Several processes on a machine without accelerator (`accelerate launch --multi_gpu --num_processes 2`
             # on CPUs): without this, Accelerate would see no device to distribute over and skip DDP.
             self.use_cpu = True
+        if self.use_cpu or not _has_accelerator():
+            self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns on every loader
         if self.load_best_model_at_end and self.metric_for_best_model is None:
             # Trainer's default, "loss", is not an evaluation metric here: evaluate() reports retrieval P@1.
             self.metric_for_best_model = "p_at_1"
