@@ -14,6 +14,7 @@ The paper's setting (needs the weights, e.g. when connected):
         --dataset_name ./coco_karpathy --dataset_train_split train --dataset_test_split test \
         --clipcap_model ./coco_weights.pt --clip_model_name ViT-B-32 --clip_pretrained openai \
         --retriever_model_name ViT-B-32 --retriever_pretrained openai \
+        --cross_domain_eval flickr=./flickr30k:test nocaps=./nocaps:validation \
         --output_dir discritune-coco --num_train_epochs 20
 
 Every `DiscriTuneConfig` field is a flag (`--learning_rate`, `--baseline`, `--reward_type`, ...); see
@@ -66,6 +67,13 @@ class ScriptArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval images."})
+    cross_domain_eval: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "More evaluation sets, as NAME=PATH or NAME=PATH:SPLIT (default split: dataset_test_split), e.g. "
+            "flickr=./flickr30k:test, the paper's cross-domain evaluation. Each set's P@1 is reported under its name."
+        },
+    )
     world_cache_dir: str | None = field(
         default=None, metadata={"help": "Where the embedded world is built and cached (default: ~/.cache)."}
     )
@@ -138,6 +146,33 @@ def peft_config(model_args: ModelArguments):
     )
 
 
+def load_eval_datasets(script_args: ScriptArguments):
+    """The test split of `dataset_name`, or, with `cross_domain_eval`, a dict of named evaluation sets (the test split
+    under its split name first); `None` when there is nothing to evaluate on."""
+    sets = {}
+    if script_args.dataset_test_split:
+        sets[script_args.dataset_test_split] = (script_args.dataset_name, script_args.dataset_test_split)
+    for entry in script_args.cross_domain_eval:
+        name, equals, location = entry.partition("=")
+        path, colon, split = location.rpartition(":") if ":" in location else (location, "", "")
+        if not equals or not name or not path or name in sets:
+            raise ValueError(
+                f"--cross_domain_eval {entry!r}: expected NAME=PATH or NAME=PATH:SPLIT with a new NAME "
+                f"(names so far: {sorted(sets)})."
+            )
+        sets[name] = (path, split if colon else script_args.dataset_test_split or "test")
+    loaded = {}
+    for name, (path, split) in sets.items():
+        config = script_args.dataset_config if path == script_args.dataset_name else None
+        dataset = load_image_dataset(path, split, config)
+        if script_args.max_eval_samples:
+            dataset = dataset.select(range(min(script_args.max_eval_samples, len(dataset))))
+        loaded[name] = dataset
+    if len(loaded) <= 1:
+        return next(iter(loaded.values()), None)
+    return loaded
+
+
 def flags_given(argv: list[str]) -> set[str]:
     """Names of the fields the user set, on the command line or in the `--config` YAML, so that the embedded world's
     defaults never override them."""
@@ -177,17 +212,11 @@ def main(
         script_args.dataset_config,
         streaming=script_args.dataset_streaming,
     )
-    eval_dataset = None
-    if script_args.dataset_test_split:
-        eval_dataset = load_image_dataset(
-            script_args.dataset_name, script_args.dataset_test_split, script_args.dataset_config
-        )
     if script_args.max_train_samples and script_args.dataset_streaming:
         train_dataset = train_dataset.take(script_args.max_train_samples)
     elif script_args.max_train_samples:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
-    if eval_dataset is not None and script_args.max_eval_samples:
-        eval_dataset = eval_dataset.select(range(min(script_args.max_eval_samples, len(eval_dataset))))
+    eval_dataset = load_eval_datasets(script_args)
 
     reward_model = DiscriminativeRewardModel(
         build_retriever(model_args),

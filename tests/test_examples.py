@@ -57,11 +57,16 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
         }
     ).cast_column("image", datasets.Image())
     data.save_to_disk(str(tmp_path / "data"))
+    shifted = [Image.fromarray(rng.integers(0, 64, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    datasets.Dataset.from_dict({"image": shifted}).cast_column("image", datasets.Image()).save_to_disk(
+        str(tmp_path / "shifted")
+    )
 
     output_dir = tmp_path / "out"
     result = run_example(
         "finetune_clipcap.py",
         "--dataset_name", str(tmp_path / "data"),
+        "--cross_domain_eval", f"shifted={tmp_path / 'shifted'}:train",
         *local_model_flags(tmp_path),
         "--output_dir", str(output_dir),
         "--per_device_train_batch_size", "4",
@@ -75,11 +80,28 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
         "--use_cpu",
     )  # fmt: skip
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert 0 <= metrics["before"]["before_p_at_1"] <= 100 and 0 <= metrics["after"]["eval_p_at_1"] <= 100
+    assert 0 <= metrics["before"]["before_test_p_at_1"] <= 100 and 0 <= metrics["after"]["eval_test_p_at_1"] <= 100
+    assert metrics["before"]["before_test_num_candidates"] == 4  # the test split of --dataset_name
+    assert metrics["after"]["eval_shifted_num_candidates"] == 5  # the cross-domain set
     assert str(output_dir) in result.stdout
     policy = ClipCapPolicy.from_pretrained(str(output_dir))
     assert policy.generate_captions(pixel_values=policy.preprocess(images[:2]), max_new_tokens=6).texts
     assert "DiscriTune" in (output_dir / "README.md").read_text()
+
+
+def test_evaluation_sets_of_the_clipcap_example(tmp_path, load_example):
+    module = load_example("finetune_clipcap.py")
+    images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(3)]
+    datasets.Dataset.from_dict({"image": images}).save_to_disk(str(tmp_path / "one"))
+    single = module.load_eval_datasets(
+        module.ScriptArguments(dataset_name=str(tmp_path / "one"), dataset_test_split="x")
+    )
+    assert isinstance(single, datasets.Dataset) and len(single) == 3  # a saved Dataset has no splits to pick from
+    for entry in ("no-equals-sign", "=path", "x=", "x=a", "x=b"):
+        with pytest.raises(ValueError, match="expected NAME=PATH or NAME=PATH:SPLIT"):
+            module.load_eval_datasets(
+                module.ScriptArguments(dataset_name=None, dataset_test_split="x", cross_domain_eval=[entry])
+            )
 
 
 def test_finetune_clipcap_streams_its_train_split(tmp_path):
