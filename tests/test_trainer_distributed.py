@@ -73,3 +73,53 @@ def test_two_process_training_uses_the_global_batch(tmp_path):
         pixel_values=policy.preprocess(images), num_beams=2, max_new_tokens=6
     ).texts
     assert streams[0]["captions"] == streams[1]["captions"] == expected_stream_captions
+
+
+@pytest.mark.distributed
+def test_two_processes_with_an_unreadable_image_on_one_rank_train_and_evaluate(tmp_path):
+    """Issue 13: one process holding fewer captions than the other (an image it could not decode) used to abort the
+    job in the rewards' cross-process gather; now every gather handles unequal sizes, cached and uncached, map-style
+    and streaming, and the logged reward is the mean over the 7 captions of both processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(ROOT, "examples", "accelerate_configs", "cpu_2proc.yaml"),
+        "--main_process_port", "0",
+        os.path.join(ROOT, "tests", "scripts", "two_process_unreadable.py"), str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    single = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0))
+    for streaming, cache in [(False, False), (False, True), (True, False), (True, True)]:
+        case = [rank[(streaming, cache)] for rank in ranks]
+        calls = [rank["calls"] for rank in case]
+        assert len(calls[0]) == len(calls[1]) == 2
+        sizes = [[len(call["captions"]) for call in rank_calls] for rank_calls in calls]
+        uneven = [step for step in range(2) if sizes[0][step] != sizes[1][step]]
+        if cache and not streaming:  # dropped while caching: every batch is full
+            assert sizes == [[4, 4], [4, 4]]
+            assert all(call["cached"] for rank_calls in calls for call in rank_calls)
+        else:  # the broken image was met in one step, by one process
+            assert len(uneven) == 1 and sorted([sizes[0][uneven[0]], sizes[1][uneven[0]]]) == [3, 4], sizes
+        for step in range(2):
+            step_calls = [rank_calls[step] for rank_calls in calls]
+            captions = step_calls[0]["captions"] + step_calls[1]["captions"]
+            images = torch.cat([call["images"] for call in step_calls])
+            inputs = {"image_embeds" if step_calls[0]["cached"] else "pixel_values": images}
+            expected = single(captions, **inputs).rewards  # one process scoring every caption of the step
+            got = torch.cat([call["rewards"] for call in step_calls])
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            assert all(call["num_candidates"] == len(captions) for call in step_calls)
+            logged = [entry for entry in case[0]["log_history"] if "reward/mean" in entry][step]
+            assert logged["reward/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+        # The skipped image is counted once, whichever process met it, and the processes stayed in sync.
+        last_log = [entry for entry in case[0]["log_history"] if "data/unreadable_images" in entry][-1]
+        assert last_log["data/unreadable_images"] == 1.0
+        assert case[0]["baseline"] == case[1]["baseline"]
+        for name, weight in case[0]["weights"].items():
+            assert torch.equal(weight, case[1]["weights"][name]), name
+        # Evaluation captions the 15 readable images once each, on both processes alike.
+        assert len(case[0]["eval_captions"]) == 15 and case[0]["eval_captions"] == case[1]["eval_captions"]
+        assert case[0]["eval_image_embeds"].shape[0] == 15
+        torch.testing.assert_close(case[0]["eval_text_embeds"], case[1]["eval_text_embeds"])

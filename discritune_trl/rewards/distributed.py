@@ -1,4 +1,8 @@
-"""Gather the candidate images of every process, so that 4 processes x 25 images act as one batch of 100."""
+"""Cross-process gathers that accept a different number of rows on every process.
+
+Every process may hold a different number of images (one dropped an image it could not decode), so nothing here
+assumes equal sizes: `gather_rows` pads to the largest process and trims, `gather_objects` pickles.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +42,13 @@ def gather_rows(local_rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     dist.all_gather(gathered, padded)
     all_rows = torch.cat([rows[:n] for rows, n in zip(gathered, sizes)])
     return all_rows, sum(sizes[:rank])
+
+
+def gather_objects(local_objects: list) -> list:
+    """Concatenate every process's list (of any picklable objects, any length) in rank order."""
+    _, world_size = process_rank_and_count()
+    if world_size == 1:
+        return list(local_objects)
+    gathered: list[list | None] = [None] * world_size
+    dist.all_gather_object(gathered, list(local_objects))
+    return [item for part in gathered for item in part]

@@ -17,6 +17,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..models.policy import reduce_token_log_probs
+from ..rewards.distributed import gather_objects, gather_rows
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
 from .collator import (
     INDEX_COLUMN,
@@ -122,7 +123,7 @@ class DiscriTuneTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One DiscriTune step: generate -> reward -> baseline -> log-probs -> loss."""
-        self._num_unreadable_images += int(inputs.pop("num_unreadable_images", 0))
+        self._num_unreadable_images += self._global_sum(inputs.pop("num_unreadable_images", 0))
         policy = self.accelerator.unwrap_model(model)
         image_inputs = self._encode_policy_images(policy, policy_image_inputs(inputs))
         captions = self._generate(policy, image_inputs)
@@ -181,7 +182,7 @@ class DiscriTuneTrainer(Trainer):
                 "stopped before this step's update, so no checkpoint holds it; the last saved checkpoint is intact. "
                 "Check the retriever's embeddings, or lower the learning rate if the policy diverged."
             )
-        global_rewards = self.accelerator.gather(rewards)
+        global_rewards, _ = gather_rows(rewards)  # processes may hold different numbers of captions
         self._log_metric("reward/mean", global_rewards.mean().item())
         self._log_metric("reward/std", global_rewards.std().item() if global_rewards.numel() > 1 else 0.0)
         self._log_metric("retrieval/accuracy", self._global_mean(output.accuracy.float()))
@@ -242,7 +243,13 @@ class DiscriTuneTrainer(Trainer):
     # ------------------------------------------------------------------ logging
 
     def _global_mean(self, values: torch.Tensor) -> float:
-        return self.accelerator.gather(values.detach().float().reshape(-1)).mean().item()
+        """Mean over every process's values; processes may hold different numbers (an image one of them could not
+        decode), so the gather pads and trims rather than assuming equal sizes."""
+        return gather_rows(values.detach().float().reshape(-1))[0].mean().item()
+
+    def _global_sum(self, value: int | torch.Tensor) -> int:
+        count = torch.as_tensor(value, device=self.accelerator.device).reshape(1).long()
+        return int(gather_rows(count)[0].sum().item())
 
     def _log_metric(self, name: str, value: float) -> None:
         self._metrics[name].append(value)
@@ -293,7 +300,6 @@ class DiscriTuneTrainer(Trainer):
         dataloader = self.get_eval_dataloader(dataset)
         policy = self.accelerator.unwrap_model(self.model)
         num_beams = self.args.eval_num_beams if num_beams is None else num_beams
-        gather = self.accelerator.gather_for_metrics
         indices, texts, text_embeds, image_embeds = [], [], [], []
         progress = tqdm(dataloader, desc=description, disable=not self.is_local_process_zero())
         for batch in progress:
@@ -302,11 +308,12 @@ class DiscriTuneTrainer(Trainer):
                 policy, policy_image_inputs(batch), num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
             )
             with torch.no_grad():
-                text_embeds.append(gather(self.reward_model.retriever.encode_texts(captions.texts).float()))
-                image_embeds.append(gather(self._retriever_image_embeds(batch).float()))
-            # Gathered batch by batch, so that the last, uneven batch is de-duplicated by Accelerate.
-            indices.append(gather(batch["image_index"]))
-            texts.extend(gather(captions.texts, use_gather_object=True))
+                text_embeds.append(gather_rows(self.reward_model.retriever.encode_texts(captions.texts).float())[0])
+                image_embeds.append(gather_rows(self._retriever_image_embeds(batch).float())[0])
+            # Processes may hold different numbers of rows (unreadable images are dropped), so the gathers pad and
+            # trim; rows that Accelerate repeated to even out the last batch are dropped by index below.
+            indices.append(gather_rows(batch["image_index"].to(self.accelerator.device))[0])
+            texts.extend(gather_objects(captions.texts))
         indices = torch.cat(indices).cpu()
         order = indices.argsort(stable=True)  # processes interleave batches: back to dataset order
         # A stream split over processes pads its short last batch with rows read before: keep each image once.
