@@ -21,7 +21,7 @@ from .models import (
     HFCaptionerPolicy,
 )
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
-from .rewards import DiscriminativeRewardModel, RewardOutput
+from .rewards import DiscriminativeRewardModel, RewardOutput, build_reward_model
 from .trainer import DiscriTuneConfig, DiscriTuneTrainer, cache_frozen_embeddings
 
 
@@ -43,6 +43,7 @@ __all__ = [
     "TransformersCLIPRetriever",
     "__version__",
     "build_hard_distractor_sets",
+    "build_reward_model",
     "cache_frozen_embeddings",
     "caption_metrics",
     "evaluate_captions",

@@ -37,7 +37,6 @@ from trl import TrlParser
 
 from discritune_trl import (
     ClipCapPolicy,
-    DiscriminativeRewardModel,
     DiscriTuneConfig,
     DiscriTuneTrainer,
     OpenCLIPRetriever,
@@ -218,14 +217,11 @@ def main(
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
     eval_dataset = load_eval_datasets(script_args)
 
-    reward_model = DiscriminativeRewardModel(
-        build_retriever(model_args),
-        reward_type=training_args.reward_type,
-        similarity_ceiling=training_args.hard_negative_similarity_ceiling,
-    )
+    # The trainer builds the reward model from the config (build_reward_model): reward_type, num_hard_negatives
+    # (its bank mined from the training images) and hard_negative_similarity_ceiling all take effect.
     trainer = DiscriTuneTrainer(
         model=build_policy(model_args),
-        reward_model=reward_model,
+        reward_model=build_retriever(model_args),
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

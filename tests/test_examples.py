@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from discritune_trl import ClipCapPolicy
+from discritune_trl import ClipCapPolicy, DiscriminativeRewardModel
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_clip_retriever
 
@@ -87,6 +87,46 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
     policy = ClipCapPolicy.from_pretrained(str(output_dir))
     assert policy.generate_captions(pixel_values=policy.preprocess(images[:2]), max_new_tokens=6).texts
     assert "DiscriTune" in (output_dir / "README.md").read_text()
+
+
+def test_num_hard_negatives_on_the_clipcap_example_command_line(tmp_path, monkeypatch, load_example):
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(12)]
+    images = datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": images.select(range(8)), "test": images.select(range(8, 12))}).save_to_disk(
+        str(tmp_path / "data")
+    )
+    widths = []
+    forward = DiscriminativeRewardModel.forward
+
+    def recording_forward(self, *args, **kwargs):  # the width of logits: in-batch images + mined negatives
+        output = forward(self, *args, **kwargs)
+        widths.append(output.logits.shape[1])
+        return output
+
+    monkeypatch.setattr(DiscriminativeRewardModel, "forward", recording_forward)
+    module = load_example("finetune_clipcap.py")
+    module.main(
+        *module.parse_arguments(
+            [
+                "--dataset_name", str(tmp_path / "data"),
+                "--dataset_test_split", "",
+                *local_model_flags(tmp_path),
+                "--output_dir", str(tmp_path / "out"),
+                "--num_hard_negatives", "5",
+                "--per_device_train_batch_size", "4",
+                "--max_steps", "1",
+                "--max_new_tokens", "4",
+                "--report_to", "none",
+                "--save_strategy", "no",
+                "--use_cpu",
+            ]
+        )
+    )  # fmt: skip
+    assert widths == [4 + 5]  # the flag reached the reward model: 5 mined candidates per caption
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert '"num_hard_negatives": 5' in card and '"hard_negative_bank_size": 8' in card
+    assert "OpenCLIPRetriever" in card
 
 
 def test_evaluation_sets_of_the_clipcap_example(tmp_path, load_example):

@@ -64,6 +64,9 @@ class OpenCLIPRetriever(Retriever):
             model_name, pretrained, model_cfg=model_cfg, checkpoint_path=checkpoint_path, cache_dir=cache_dir
         )
         self._setup(model, preprocess, tokenizer)
+        # Recorded for model cards and logs (what judged the captions).
+        self.model_name = model_name
+        self.pretrained = pretrained or checkpoint_path
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, preprocess: Any, tokenizer: Any) -> OpenCLIPRetriever:

@@ -124,6 +124,18 @@ class DiscriminativeRewardModel(nn.Module):
         self.multi_retriever = multi_retriever
         self._active_index: int | None = None  # set while `compute_rewards` runs
         self._num_calls = 0
+        self.hard_negative_banks: list[str] | None = None
+        self._register_banks(hard_negative_bank)
+
+    def set_hard_negative_bank(
+        self, hard_negative_bank: torch.Tensor | Sequence[torch.Tensor], num_hard_negatives: int | None = None
+    ) -> None:
+        """Set (or replace) the hard-negative bank once its embeddings exist, e.g. from the trainer's frozen-embedding
+        cache of the training images, and optionally `num_hard_negatives` with it (validated as in `__init__`)."""
+        if num_hard_negatives is not None:
+            if num_hard_negatives < 0:
+                raise ValueError(f"num_hard_negatives={num_hard_negatives} must be >= 0.")
+            self.num_hard_negatives = num_hard_negatives
         self._register_banks(hard_negative_bank)
 
     def _register_banks(self, hard_negative_bank: torch.Tensor | Sequence[torch.Tensor] | None) -> None:

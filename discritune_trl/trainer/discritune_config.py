@@ -81,13 +81,16 @@ class DiscriTuneConfig(TrainingArguments):
         reward_type (`str`, *optional*, defaults to `"log_prob"`):
             `"log_prob"`: log-softmax probability the retriever gives the target among the candidates (paper);
             `"accuracy"`: 1 if the target scores highest, else 0; `"cosine"`: cosine similarity of caption and target
-            only (CLIPScore-like, not discriminative). Used when the trainer builds the reward model itself; a
-            `DiscriminativeRewardModel` passed to the trainer keeps its own.
+            only (CLIPScore-like, not discriminative).
         num_hard_negatives (`int`, *optional*, defaults to `0`):
-            Mined hard negatives appended to each target's candidates (Appendix D.2); needs a hard-negative bank in
-            the reward model.
+            Mined hard negatives appended to each target's candidates (Appendix D.2), mined among the training images
+            (a map-style training set: a stream cannot be encoded up front).
         hard_negative_similarity_ceiling (`float`, *optional*, defaults to `0.8`):
             Bank images more similar than this to the target are treated as near-duplicates and skipped.
+
+        These three build the reward model when the trainer is given retrievers (`build_reward_model`). A
+        `DiscriminativeRewardModel` passed to the trainer keeps its own settings; then any of the three that differs
+        from its default here (i.e. that the user set) must equal the reward model's, or the trainer raises.
 
         > Parameters that control the policy-gradient loss
 

@@ -17,6 +17,8 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..models.policy import reduce_token_log_probs
+from ..retrievers.base import Retriever
+from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
 from .collator import (
@@ -46,8 +48,12 @@ class DiscriTuneTrainer(Trainer):
 
     Args:
         model: the captioner, any `PreTrainedModel` implementing `CaptioningPolicy` (e.g. `ClipCapPolicy`).
-        reward_model: a `DiscriminativeRewardModel`, or a bare `Retriever` (then wrapped with the config's
-            `reward_type`, `num_hard_negatives` and `hard_negative_similarity_ceiling`).
+        reward_model: the retriever(s) — a `Retriever` or a list of them — from which the trainer builds the
+            `DiscriminativeRewardModel` with `build_reward_model` and the config's `reward_type`, `num_hard_negatives`
+            and `hard_negative_similarity_ceiling` (with `num_hard_negatives > 0` the hard-negative bank is the
+            training images, taken from the frozen-embedding cache when it is on); or a `DiscriminativeRewardModel`,
+            which then keeps its own settings: a reward setting the config sets to a non-default value that disagrees
+            with it is a `ValueError` (see `check_reward_model_matches`).
         args: a `DiscriTuneConfig`; defaults to the paper's settings with `output_dir="discritune-output"`.
         train_dataset: a `datasets.Dataset` with an image column (`args.image_column`).
         eval_dataset: images to evaluate retrieval P@1 on.
@@ -85,7 +91,7 @@ class DiscriTuneTrainer(Trainer):
             for module in model.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
-        self.reward_model = _as_reward_model(reward_model, args)
+        self.reward_model, self._bank_from_cache = _as_reward_model(reward_model, args, train_dataset)
         self.ref_model = _frozen_reference(model) if args.kl_coef > 0 and peft_config is None else None
         train_dataset = _prepare_dataset(train_dataset, args.image_column, "train_dataset")
         eval_dataset = _prepare_dataset(eval_dataset, args.image_column, "eval_dataset")
@@ -115,6 +121,11 @@ class DiscriTuneTrainer(Trainer):
         if args.cache_embeddings:
             self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
             self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
+        if self._bank_from_cache:  # the training images' retriever embeddings, computed once by the cache
+            self.reward_model.set_hard_negative_bank(
+                _cached_retriever_embeds(self.train_dataset), num_hard_negatives=args.num_hard_negatives
+            )
+        logger.info("Reward model: %s", describe_reward_model(self.reward_model))
 
     # Trainer divides our per-batch mean loss by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
@@ -186,6 +197,7 @@ class DiscriTuneTrainer(Trainer):
         self._log_metric("reward/mean", global_rewards.mean().item())
         self._log_metric("reward/std", global_rewards.std().item() if global_rewards.numel() > 1 else 0.0)
         self._log_metric("retrieval/accuracy", self._global_mean(output.accuracy.float()))
+        self._log_metric("reward/num_candidates", float(output.logits.shape[1]))  # pool + mined hard negatives
         return rewards, global_rewards
 
     def _advantages(self, rewards, global_rewards, policy, image_inputs, inputs) -> torch.Tensor:
@@ -457,7 +469,7 @@ class DiscriTuneTrainer(Trainer):
 
     def _check_distractors(self) -> None:
         global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
-        has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0
+        has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0 or self._bank_from_cache
         if global_batch < 2 and not has_bank:
             raise ValueError(
                 f"per_device_train_batch_size={self.args.per_device_train_batch_size} on "
@@ -479,22 +491,31 @@ class DiscriTuneTrainer(Trainer):
             )
 
 
-def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig) -> nn.Module:
-    from ..retrievers.base import Retriever
-    from ..rewards import DiscriminativeRewardModel
-
-    if isinstance(reward_model, Retriever) or isinstance(reward_model, (list, tuple)):
-        return DiscriminativeRewardModel(
-            reward_model,
-            reward_type=args.reward_type,
-            num_hard_negatives=args.num_hard_negatives,
-            similarity_ceiling=args.hard_negative_similarity_ceiling,
+def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig, train_dataset) -> tuple[nn.Module, bool]:
+    """`(reward model, whether its hard-negative bank is still to come from the frozen-embedding cache)`."""
+    is_retrievers = isinstance(reward_model, (list, tuple)) and all(isinstance(r, Retriever) for r in reward_model)
+    if isinstance(reward_model, Retriever) or is_retrievers:
+        bank_from_cache = (
+            args.num_hard_negatives > 0 and args.cache_embeddings and isinstance(train_dataset, datasets.Dataset)
         )
+        built = build_reward_model(
+            reward_model, args, train_dataset=train_dataset, defer_hard_negative_bank=bank_from_cache
+        )
+        return built, bank_from_cache
     if reward_model is None or not callable(reward_model):
         raise TypeError(
             f"reward_model must be a DiscriminativeRewardModel or a Retriever, got {type(reward_model).__name__}."
         )
-    return reward_model
+    check_reward_model_matches(reward_model, args)
+    return reward_model, False
+
+
+def _cached_retriever_embeds(dataset: datasets.Dataset) -> torch.Tensor | list[torch.Tensor]:
+    """`[N, D]` retriever embeddings of a cached dataset (one tensor per retriever with several)."""
+    rows = dataset.with_format(None)[RETRIEVER_EMBEDS_COLUMN]
+    if rows and isinstance(rows[0][0], list):  # one embedding per retriever
+        return [torch.tensor([row[index] for row in rows], dtype=torch.float32) for index in range(len(rows[0]))]
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def _frozen_reference(model: nn.Module) -> nn.Module:

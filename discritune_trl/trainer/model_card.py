@@ -9,6 +9,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from ..rewards import describe_reward_model
+
 
 CITATION = """@inproceedings{dessi2023discritune,
   title     = {Cross-Domain Image Captioning with Discriminative Finetuning},
@@ -29,8 +31,6 @@ HYPERPARAMETERS = (
     "train_decoding",
     "num_generations",
     "baseline",
-    "reward_type",
-    "num_hard_negatives",
     "log_prob_reduction",
     "kl_coef",
     "eval_num_beams",
@@ -47,6 +47,16 @@ def _name_or_path(module) -> str:
 def _describe(module) -> str:
     name = _name_or_path(module)
     return f"`{name}` ({type(module).__name__})" if name else f"`{type(module).__name__}`"
+
+
+def _candidates_line(reward: dict) -> str:
+    if not reward["num_hard_negatives"]:
+        return "candidates: the images of the batch (no mined hard negatives)"
+    return (
+        f"candidates: the images of the batch + {reward['num_hard_negatives']} mined hard negatives per caption from a "
+        f"bank of {reward['hard_negative_bank_size']} images (similarity ceiling "
+        f"{reward['hard_negative_similarity_ceiling']})"
+    )
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -77,7 +87,7 @@ def write_model_card(
     policy = trainer.accelerator.unwrap_model(trainer.model)
     adapters = hasattr(policy, "get_base_model")  # a peft.PeftModel: the folder holds LoRA adapters
     base_policy = policy.get_base_model() if adapters else policy
-    retriever = getattr(trainer.reward_model, "retriever", trainer.reward_model)
+    reward = describe_reward_model(trainer.reward_model)  # the reward model actually used, not the config's fields
     hyperparameters = {name: getattr(args, name) for name in HYPERPARAMETERS if hasattr(args, name)}
     final_metrics = {
         key: value for entry in trainer.state.log_history for key, value in entry.items() if key.startswith("eval_")
@@ -108,7 +118,8 @@ text-to-image retriever reads each generated caption and must pick its image out
 batch; the captioner is rewarded for captions that let it. No human captions were used for training.
 
 - **Base captioner:** {_describe(base_policy)}{" with LoRA adapters (this repository holds the adapters)" if adapters else ""}
-- **Retriever (frozen judge):** {_describe(retriever)}
+- **Retriever (frozen judge):** {", ".join(f"`{name}`" for name in reward["retrievers"])}
+- **Reward model:** `{reward["class"]}`, reward_type `{reward["reward_type"]}`, {_candidates_line(reward)}
 - **Training data:** {dataset_line or "images of the trainer's `train_dataset`"}
 - **Trained with:** [discritune-trl](https://pypi.org/project/discritune-trl/) `DiscriTuneTrainer`
 
@@ -116,6 +127,12 @@ batch; the captioner is rewarded for captions that let it. No human captions wer
 
 ```json
 {json.dumps(hyperparameters, indent=2, default=str)}
+```
+
+Reward model:
+
+```json
+{json.dumps(reward, indent=2, default=str)}
 ```
 
 ## Final metrics

@@ -11,8 +11,7 @@ import os
 import time
 from typing import Any
 
-from ..evaluation.retrieval import encode_captions, encode_gallery
-from ..rewards import DiscriminativeRewardModel
+from ..evaluation.retrieval import encode_captions
 from ..trainer import DiscriTuneConfig, DiscriTuneTrainer
 from ..trainer.model_card import write_model_card
 from .build import WorldConfig, load_or_build_world
@@ -20,8 +19,6 @@ from .report import plot_caption_grid, plot_training_curves, results_markdown, s
 
 
 TEST_SPLITS = ("in_domain", "shifted")
-# Recorded in results.json beside the world defaults: the knobs of the paper's ablations (Tables 8, 9, 13).
-ABLATION_FIELDS = ("baseline", "train_decoding", "reward_type", "num_hard_negatives", "seed")
 
 # DiscriTune's settings for the world (docs/world.md says how they were chosen). Paper values otherwise:
 # greedy decoding, running-mean baseline, log-prob reward, in-batch distractors, constant learning rate.
@@ -69,18 +66,10 @@ def run_world_job(
     world = load_or_build_world(cache_dir, world_config)
     data = world.load_dataset()
     retriever = world.load_retriever()
-    bank = None
-    if args.num_hard_negatives > 0:  # Appendix D.2: mine distractors among the training images
-        bank = encode_gallery(retriever, data["train"], batch_size=500)
-    reward_model = DiscriminativeRewardModel(
-        retriever,
-        reward_type=args.reward_type,
-        num_hard_negatives=args.num_hard_negatives,
-        hard_negative_bank=bank,
-        similarity_ceiling=args.hard_negative_similarity_ceiling,
-    )
+    # The trainer builds the reward model from `args` (build_reward_model), with num_hard_negatives > 0 mining
+    # distractors among the training images (Appendix D.2), as the examples do.
     trainer = DiscriTuneTrainer(
-        model=world.load_captioner(), reward_model=reward_model, args=args, train_dataset=data["train"]
+        model=world.load_captioner(), reward_model=retriever, args=args, train_dataset=data["train"]
     )
     before = {
         split: trainer.caption_dataset(data[split], description=f"Captioning {split}, before") for split in TEST_SPLITS
