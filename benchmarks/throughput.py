@@ -19,6 +19,12 @@ Usage:
     python benchmarks/throughput.py                       # full size, batch 16, fp32 and bf16, on CPU
     python benchmarks/throughput.py --tiny --steps 1 --warmup_steps 1 --json figures.json
     python benchmarks/throughput.py --device cuda --batch_size 100 --precision bf16 fp16
+    python benchmarks/throughput.py --log_prob_memory --batch_size 100 --precision fp32 bf16   # the log-prob pass only
+
+`--log_prob_memory` measures only the token log-prob pass (forward and backward from `[B, max_new_tokens, V]`
+logits, V = GPT-2's 50,257 or the tiny vocabulary with `--tiny`): its peak memory above the logits themselves, with
+the full-vocabulary fp32 formula the trainer used before (`logits.float()` gather minus log-sum-exp) and with
+`gather_token_log_probs` (row chunks), in each `--precision`.
 
 Phases (images/second each; the step figure is what matters): `image_encoding` (reading cached embeddings, or
 running both CLIP towers), `generation` (mapper + decoding + detokenisation), `reward` (retriever text encoding and
@@ -58,6 +64,7 @@ from discritune_trl import (  # noqa: E402
     OpenCLIPRetriever,
     cache_frozen_embeddings,
 )
+from discritune_trl.models.policy import gather_token_log_probs  # noqa: E402
 from discritune_trl.testing.clipcap import TINY_WORDS, tiny_clipcap_policy, tiny_clipcap_tokenizer  # noqa: E402
 from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_clip_retriever  # noqa: E402
 
@@ -163,6 +170,46 @@ class PeakMemory:
     @property
     def mib(self) -> float:
         return self.peak / 2**20
+
+
+def resident_bytes(device: torch.device) -> int:
+    """Memory in use now: allocated accelerator memory (CUDA) or the process's resident size (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
+
+
+def full_copy_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The token log-prob formula used before `gather_token_log_probs`: one `[B, T, V]` fp32 copy and a full-size
+    log-sum-exp."""
+    logits = logits.float()
+    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
+def log_prob_memory(args, device: torch.device) -> dict:
+    """Peak memory (MiB) of the log-prob pass, forward and backward, above the `[B, T, V]` logits it starts from."""
+    vocab_size = len(tiny_clipcap_tokenizer()) if args.tiny else GPT2_VOCAB_SIZE
+    shape = (args.batch_size, args.max_new_tokens, vocab_size)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    figures = {"logits_shape": list(shape)}
+    for precision in args.precision:
+        figures[precision] = {}
+        for name, function in (("before", full_copy_log_probs), ("after", gather_token_log_probs)):
+            generator = torch.Generator(device=device).manual_seed(0)
+            logits = torch.randn(shape, generator=generator, device=device).to(dtypes[precision]).requires_grad_()
+            token_ids = torch.randint(vocab_size, shape[:2], generator=generator, device=device)
+            start = resident_bytes(device)
+            with PeakMemory(device) as memory:
+                function(logits, token_ids).sum().backward()
+            figures[precision][name] = max(memory.peak - start, 0) / 2**20
+            del logits, token_ids, memory
+        before, after = figures[precision]["before"], figures[precision]["after"]
+        print(
+            f"log-prob pass, logits {list(shape)} {precision}: peak memory above the logits {before:.0f} MiB before "
+            f"(full fp32 copy), {after:.0f} MiB after (row chunks)"
+        )
+    return figures
 
 
 def summarise(step_seconds: list[float], timer: PhaseTimer, num_steps: int, batch_size: int, memory) -> dict:
@@ -332,6 +379,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--skip_reference", action="store_true")
     parser.add_argument(
+        "--log_prob_memory",
+        action="store_true",
+        help="Measure only the peak memory of the token log-prob pass, before and after row chunking.",
+    )
+    parser.add_argument(
         "--in_process",
         action="store_true",
         help="Time every loop in this process (quick, for tests). By default each loop runs in a fresh process with "
@@ -348,6 +400,15 @@ def main(argv=None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
+    if args.log_prob_memory:
+        figures = {
+            "command": " ".join(["python", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
+        }
+        figures.update(device=str(device), log_prob_memory_mib=log_prob_memory(args, device))
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(figures, handle, indent=2)
+        return figures
     policy, reward_model = build_models(args.tiny)
     policy.to(device)
     reward_model.to(device)

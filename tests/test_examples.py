@@ -242,3 +242,10 @@ def test_a_recipe_with_an_unknown_field_is_refused(tmp_path, load_example):
     recipe.write_text("learning_rat: 1.0e-7\n")
     with pytest.raises(ValueError, match="learning_rat"):
         load_example("finetune_clipcap.py").parse_arguments(["--config", str(recipe)])
+
+
+def test_custom_captioner_example_trains_evaluates_greedily_saves_and_loads_back(tmp_path):
+    result = run_example("custom_captioner.py", "--output_dir", str(tmp_path / "out"), "--max_steps", "2")
+    assert "eval_p_at_1" in result.stdout and "captions after loading back" in result.stdout
+    assert "supports_beam_search=False: captioning with greedy decoding" in result.stdout + result.stderr
+    assert (tmp_path / "out" / "config.json").exists()

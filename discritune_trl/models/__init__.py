@@ -1,12 +1,28 @@
-"""Captioning policies: the `CaptioningPolicy` interface, ClipCap, BLIP, and any transformers image-to-text model."""
+"""Captioning policies: the `CaptioningPolicy` interface, ClipCap, BLIP, and any transformers image-to-text model.
 
+A captioner author needs `CaptioningPolicy`, `CaptionOutput`, the decoding helpers (`full_stop_token_ids`,
+`truncate_at_stop`, `captions_from_generated`: any `decode` function or word list, no tokenizer needed) and
+`register_policy`, which lets `load_policy` find the class by its `model_type` (see `docs/custom_captioner.md`).
+"""
+
+from .auto import POLICY_MAPPING, load_policy, register_policy
 from .blip import BlipPolicy, BlipPolicyConfig
 from .clipcap import ClipCapConfig, ClipCapPolicy
 from .hf_captioner import CaptionerFamily, HFCaptionerConfig, HFCaptionerPolicy
-from .policy import CaptioningPolicy, CaptionOutput
+from .policy import (
+    CaptioningPolicy,
+    CaptionOutput,
+    captions_from_generated,
+    check_generation_arguments,
+    full_stop_token_ids,
+    gather_token_log_probs,
+    reduce_token_log_probs,
+    truncate_at_stop,
+)
 
 
 __all__ = [
+    "POLICY_MAPPING",
     "BlipPolicy",
     "BlipPolicyConfig",
     "CaptionOutput",
@@ -16,4 +32,12 @@ __all__ = [
     "ClipCapPolicy",
     "HFCaptionerConfig",
     "HFCaptionerPolicy",
+    "captions_from_generated",
+    "check_generation_arguments",
+    "full_stop_token_ids",
+    "gather_token_log_probs",
+    "load_policy",
+    "reduce_token_log_probs",
+    "register_policy",
+    "truncate_at_stop",
 ]

@@ -1,12 +1,69 @@
-"""Load any discritune-trl policy from a saved folder or Hub id by its config's `model_type`, adapters included."""
+"""Load any discritune-trl policy from a saved folder or Hub id by its config's `model_type`, adapters included.
+
+`POLICY_MAPPING` (`model_type` -> policy class) is the one registry of policy classes: `load_policy` reads it, and
+`register_policy` adds a user's class to it (the same mapping can feed `transformers.AutoModel.register`).
+"""
 
 from __future__ import annotations
 
 import json
 
+from transformers import PretrainedConfig
 from transformers.utils import cached_file
 
+from .blip import BlipPolicy, BlipPolicyConfig
+from .clipcap import ClipCapConfig, ClipCapPolicy
+from .hf_captioner import HFCaptionerConfig, HFCaptionerPolicy
 from .policy import CaptioningPolicy
+
+
+# `config.json`'s `model_type` -> the policy class that loads it.
+POLICY_MAPPING: dict[str, type[CaptioningPolicy]] = {}
+
+
+def register_policy(
+    config_class: type[PretrainedConfig], policy_class: type[CaptioningPolicy], exist_ok: bool = False
+) -> None:
+    """Make `load_policy` (and the model card's usage snippet) load `policy_class` for folders whose `config.json`
+    has `model_type == config_class.model_type`.
+
+    Args:
+        config_class: the policy's config class; its `model_type` must be set and unique.
+        policy_class: a `CaptioningPolicy` whose `config_class` is `config_class`.
+        exist_ok: replace a class already registered for this `model_type` instead of raising.
+
+    Raises:
+        TypeError: if `policy_class` is not a `CaptioningPolicy`, or its `config_class` is another class.
+        ValueError: if `config_class` has no `model_type`, or another class is registered for it (and not
+            `exist_ok`).
+    """
+    if not (isinstance(policy_class, type) and issubclass(policy_class, CaptioningPolicy)):
+        raise TypeError(f"policy_class={policy_class!r} is not a CaptioningPolicy subclass.")
+    if getattr(policy_class, "config_class", None) is not config_class:
+        raise TypeError(
+            f"{policy_class.__name__}.config_class is {getattr(policy_class, 'config_class', None)!r}, not "
+            f"{config_class.__name__}: set `config_class = {config_class.__name__}` on the policy class."
+        )
+    model_type = getattr(config_class, "model_type", "")
+    if not model_type:
+        raise ValueError(
+            f"{config_class.__name__} has no model_type; give it a unique one (model_type = 'my_policy')."
+        )
+    registered = POLICY_MAPPING.get(model_type)
+    if registered is not None and registered is not policy_class and not exist_ok:
+        raise ValueError(
+            f"model_type={model_type!r} is already registered to {registered.__name__}; give "
+            f"{config_class.__name__} its own model_type, or pass exist_ok=True to replace it."
+        )
+    POLICY_MAPPING[model_type] = policy_class
+
+
+for _config_class, _policy_class in (
+    (ClipCapConfig, ClipCapPolicy),
+    (BlipPolicyConfig, BlipPolicy),
+    (HFCaptionerConfig, HFCaptionerPolicy),
+):
+    register_policy(_config_class, _policy_class)
 
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -18,7 +75,7 @@ def load_policy(path: str, **kwargs) -> CaptioningPolicy:
 
     A folder that holds LoRA adapters (`adapter_config.json`, as saved after training with `peft_config`) is loaded
     onto its base policy, read from the adapter config's `base_model_name_or_path`, and returned as a
-    `peft.PeftModel`.
+    `peft.PeftModel`. The class is looked up in `POLICY_MAPPING` (see `register_policy`).
 
     Args:
         path: a local folder, or a Hub id (when connected or in the Hugging Face cache).
@@ -29,22 +86,14 @@ def load_policy(path: str, **kwargs) -> CaptioningPolicy:
         return _load_adapters(path, **kwargs)
     with open(config_file) as handle:
         model_type = json.load(handle).get("model_type")
-    policy_class = _policy_class(model_type)
+    policy_class = POLICY_MAPPING.get(model_type)
     if policy_class is None:
-        raise ValueError(f"No discritune_trl policy has model_type={model_type!r} ({path}); load it with its class.")
+        raise ValueError(
+            f"No policy class is registered for model_type={model_type!r} ({path}); registered: "
+            f"{sorted(POLICY_MAPPING)}. Register yours first with "
+            "discritune_trl.models.register_policy(YourConfig, YourPolicy), or load it with YourPolicy.from_pretrained."
+        )
     return policy_class.from_pretrained(path, **kwargs)
-
-
-def _policy_class(model_type: str | None) -> type | None:
-    import discritune_trl
-
-    for name in discritune_trl.__all__:
-        candidate = getattr(discritune_trl, name)
-        config_class = getattr(candidate, "config_class", None)
-        if isinstance(candidate, type) and issubclass(candidate, CaptioningPolicy) and config_class is not None:
-            if config_class.model_type == model_type:
-                return candidate
-    return None
 
 
 def _load_adapters(path: str, **kwargs):

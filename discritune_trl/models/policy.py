@@ -1,34 +1,40 @@
-"""The small interface every DiscriTune captioner ("policy") implements.
+"""The small interface every DiscriTune captioner ("policy") implements, and the plumbing they share.
 
-The trainer only ever talks to a policy through the four methods of :class:`CaptioningPolicy`:
+The trainer talks to a policy through :class:`CaptioningPolicy`:
 
 - ``preprocess(images) -> pixel_values``: PIL images to the tensor the policy's image encoder reads.
-- ``encode_images(pixel_values) -> image_embeds``: the *frozen* part of the policy's image pathway. Its
-  output can be computed once per image and cached (see ``docs/throughput.md``); every other method
-  accepts either ``pixel_values`` or these ``image_embeds``.
-- ``generate_captions(...) -> CaptionOutput``: batched decoding (greedy, sampling or beam search) that stops
-  each row independently at the first full stop or EOS, without gradients.
-- ``caption_log_probs(caption_ids, caption_mask, ...) -> Tensor``: teacher-forced log-probabilities of
-  given captions, in one forward pass, with gradients.
+- ``encode_images(pixel_values) -> image_embeds``: the *frozen* part of the policy's image pathway. When
+  ``caches_image_features`` is true its output is computed once per image and cached (see ``docs/throughput.md``);
+  every other method accepts either ``pixel_values`` or these ``image_embeds``.
+- ``generate_captions(...) -> CaptionOutput``: batched decoding (greedy, sampling or, unless
+  ``supports_beam_search`` is false, beam search) that stops each row independently at the first full stop or EOS,
+  without gradients.
+- ``caption_log_probs(caption_ids, caption_mask, ...) -> Tensor``: teacher-forced log-probabilities of given
+  captions, in one forward pass, with gradients; reached through ``forward(..., caption_ids=...)`` so that DDP, FSDP
+  and DeepSpeed wrappers see it.
+- ``processing_class``: the tokenizer or processor the Trainer saves beside checkpoints.
 
-Its ``forward`` must also accept ``caption_ids``, ``caption_mask`` and ``log_prob_reduction`` and then return
-``caption_log_probs(caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction)``: the
-trainer calls the log-prob pass through ``model(...)`` so that DDP, FSDP and DeepSpeed wrappers see it (a method
-called on the unwrapped model would skip their gradient synchronisation).
-
-A new captioner is one ``PreTrainedModel`` subclass that also subclasses :class:`CaptioningPolicy`.
+A new captioner is one ``PreTrainedModel`` subclass that also subclasses :class:`CaptioningPolicy` (listed first);
+``docs/custom_captioner.md`` is the guide, ``examples/custom_captioner.py`` a complete one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 from transformers.utils import ModelOutput
 
 
 LOG_PROB_REDUCTIONS = ("mean", "sum", "none")
+# Keyword arguments of `from_pretrained` that also locate the files saved beside the weights.
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
 MAX_CAPTION_TOKENS = 75  # CLIP reads 77 positions, two of which are its start and end tokens (paper: 40 new tokens)
 
 
@@ -54,32 +60,45 @@ class CaptionOutput(ModelOutput):
     stopped: torch.BoolTensor | None = None
 
 
-def full_stop_token_ids(tokenizer, extra_ids: list[int] | tuple[int, ...] = ()) -> list[int]:
-    """Every vocabulary id whose decoded text contains a full stop, plus `extra_ids` (e.g. EOS).
+def full_stop_token_ids(
+    vocabulary: Any, extra_ids: Iterable[int | None] = (), decode: Callable[[list[int]], str] | None = None
+) -> list[int]:
+    """Every vocabulary id whose text contains a full stop, plus `extra_ids` (e.g. EOS; `None`s are skipped).
 
-    The paper stops ClipCap at "the first full stop": with a BPE vocabulary a full stop can be fused with
-    other characters ("." , ".\"", "..."), so every such token counts.
+    The paper stops captions at "the first full stop": with a BPE vocabulary a full stop can be fused with other
+    characters ("." , ".\"", "..."), so every such token counts.
+
+    Args:
+        vocabulary: a list of token strings (id = position), or a tokenizer (anything with `len()` and `decode`).
+        extra_ids: more ids that end a caption.
+        decode: `ids -> text`, used instead of `vocabulary.decode` (then `vocabulary` only gives the size).
     """
     stop_ids = {int(i) for i in extra_ids if i is not None}
-    for token_id in range(len(tokenizer)):
-        if "." in tokenizer.decode([token_id]):
+    if decode is None and not hasattr(vocabulary, "decode"):
+        tokens = list(vocabulary)
+        stop_ids.update(index for index, token in enumerate(tokens) if "." in str(token))
+        return sorted(stop_ids)
+    decode = decode if decode is not None else vocabulary.decode
+    for token_id in range(len(vocabulary)):
+        if "." in decode([token_id]):
             stop_ids.add(token_id)
     return sorted(stop_ids)
 
 
 def truncate_at_stop(
-    generated_ids: torch.LongTensor, stop_token_ids: torch.LongTensor, pad_token_id: int
+    generated_ids: torch.LongTensor, stop_token_ids: torch.Tensor | Iterable[int], pad_token_id: int
 ) -> tuple[torch.LongTensor, torch.LongTensor, torch.BoolTensor]:
     """Cut each row after its first stop token, with tensor ops only (no loop over rows).
 
     Args:
         generated_ids: `[B, T]` newly generated token ids.
-        stop_token_ids: `[S]` ids that end a caption.
+        stop_token_ids: `[S]` ids that end a caption (a tensor or a list).
         pad_token_id: id written after the stop token.
 
     Returns:
         `(sequences, caption_mask, stopped)` as in :class:`CaptionOutput`.
     """
+    stop_token_ids = torch.as_tensor(list(stop_token_ids) if not torch.is_tensor(stop_token_ids) else stop_token_ids)
     is_stop = torch.isin(generated_ids, stop_token_ids.to(generated_ids.device))  # [B, T]
     # A position is part of the caption iff no stop token occurred strictly before it.
     stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
@@ -90,16 +109,29 @@ def truncate_at_stop(
 
 
 def captions_from_generated(
-    generated_ids: torch.LongTensor, stop_token_ids: list[int], pad_token_id: int, tokenizer
+    generated_ids: torch.LongTensor,
+    stop_token_ids: Iterable[int],
+    pad_token_id: int,
+    decode: Callable[[list[int]], str] | Any,
 ) -> CaptionOutput:
     """Newly generated ids `[B, T]` to a :class:`CaptionOutput`: each row cut after its first stop token (tensor
-    ops, see :func:`truncate_at_stop`) and decoded up to its end, special tokens removed."""
-    stop_ids = torch.tensor(stop_token_ids, device=generated_ids.device)
-    sequences, caption_mask, stopped = truncate_at_stop(generated_ids, stop_ids, pad_token_id)
+    ops, see :func:`truncate_at_stop`), decoded up to and including it, and stripped.
+
+    Args:
+        generated_ids: `[B, T]` new token ids (no prompt).
+        stop_token_ids: ids that end a caption (see :func:`full_stop_token_ids`).
+        pad_token_id: id written after the stop token.
+        decode: `ids -> text` for one caption (e.g. `" ".join(words[i] for i in ids)`), or a transformers tokenizer
+            (its `batch_decode(..., skip_special_tokens=True)` is used). The texts are exactly what the retriever
+            reads.
+    """
+    sequences, caption_mask, stopped = truncate_at_stop(generated_ids, stop_token_ids, pad_token_id)
     lengths = caption_mask.sum(dim=1).tolist()
-    texts = tokenizer.batch_decode(
-        [row[:length] for row, length in zip(sequences.tolist(), lengths)], skip_special_tokens=True
-    )
+    rows = [row[:length] for row, length in zip(sequences.tolist(), lengths)]
+    if hasattr(decode, "batch_decode"):
+        texts = decode.batch_decode(rows, skip_special_tokens=True)
+    else:
+        texts = [decode(row) for row in rows]
     return CaptionOutput(
         sequences=sequences, caption_mask=caption_mask, texts=[text.strip() for text in texts], stopped=stopped
     )
@@ -137,10 +169,57 @@ def captions_per_image(caption_ids: torch.Tensor, caption_mask: torch.Tensor, nu
     return num_captions // num_images
 
 
-def gather_token_log_probs(logits: torch.Tensor, token_ids: torch.LongTensor) -> torch.Tensor:
-    """`[B, T, V]` logits and `[B, T]` ids to `[B, T]` log-probabilities of those ids, computed in fp32."""
-    logits = logits.float()
-    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+LOG_PROB_CHUNK_ROWS = 8  # rows of `[B, T, V]` logits turned into fp32 at a time by `gather_token_log_probs`
+
+
+class _SelectedLogSoftmax(torch.autograd.Function):
+    """`log_softmax(logits.float())` gathered at `token_ids`, row-chunk by row-chunk, forward and backward.
+
+    Only `[chunk, T, V]` fp32 temporaries exist at a time, and the backward keeps the logits as they came (no fp32
+    copy) plus the `[B, T]` log-sum-exps: the gradient `grad * (onehot - softmax)` is recomputed chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, token_ids: torch.LongTensor, chunk_rows: int) -> torch.Tensor:
+        selected = logits.new_empty(token_ids.shape, dtype=torch.float32)  # [B, T]
+        log_sum_exp = torch.empty_like(selected)  # [B, T]
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = logits[rows].float()  # [b, T, V]
+            log_sum_exp[rows] = chunk.logsumexp(dim=-1)
+            selected[rows] = chunk.gather(-1, token_ids[rows].unsqueeze(-1)).squeeze(-1) - log_sum_exp[rows]
+        ctx.save_for_backward(logits, token_ids, log_sum_exp)
+        ctx.chunk_rows = chunk_rows
+        return selected
+
+    @staticmethod
+    def backward(ctx, grad_selected: torch.Tensor):
+        logits, token_ids, log_sum_exp = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            grad = grad_selected[rows].unsqueeze(-1)  # [b, T, 1]
+            softmax = (logits[rows].float() - log_sum_exp[rows].unsqueeze(-1)).exp()  # [b, T, V]
+            chunk_grad = -grad * softmax
+            chunk_grad.scatter_add_(-1, token_ids[rows].unsqueeze(-1), grad)
+            grad_logits[rows] = chunk_grad
+        return grad_logits, None, None
+
+
+def gather_token_log_probs(
+    logits: torch.Tensor, token_ids: torch.LongTensor, chunk_rows: int = LOG_PROB_CHUNK_ROWS
+) -> torch.Tensor:
+    """`[B, T, V]` logits and `[B, T]` ids to `[B, T]` fp32 log-probabilities of those ids, with gradients.
+
+    The same values as `logits.float().gather(-1, ids) - logits.float().logsumexp(-1)`, computed `chunk_rows` rows
+    at a time (like TRL's `selective_log_softmax`, but in fp32 for every logits dtype), so that no `[B, T, V]` fp32
+    copy of the logits is made, in the forward or the backward pass (see `benchmarks/throughput.py --log_prob_memory`).
+    """
+    if logits.shape[:-1] != token_ids.shape:
+        raise ValueError(
+            f"logits {list(logits.shape)} and token_ids {list(token_ids.shape)} must be [B, T, V] and [B, T]."
+        )
+    return _SelectedLogSoftmax.apply(logits, token_ids.to(logits.device), chunk_rows)
 
 
 def reduce_token_log_probs(
@@ -183,22 +262,88 @@ def to_rgb(images: list[Image.Image]) -> list[Image.Image]:
     return converted
 
 
-class CaptioningPolicy:
-    """Mixin that declares what `DiscriTuneTrainer` needs from a captioner.
+def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `from_pretrained` keyword arguments that also locate the files saved beside the weights (processor,
+    tokenizer)."""
+    return {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
 
-    Subclass it together with `transformers.PreTrainedModel`. `ClipCapPolicy` and `BlipPolicy` are the
-    built-in implementations; see `docs/custom_captioner.md` for writing a new one.
+
+def untied_shared_weights(model: nn.Module) -> list[str]:
+    """Names of parameters that share their tensor with another parameter of `model` without being declared tied
+    (`model.all_tied_weights_keys`, built by transformers from `_tied_weights_keys` when the config says
+    `tie_word_embeddings=True`): `save_pretrained` writes such a tensor once, and `from_pretrained` then gives the
+    other name a random initialisation."""
+    declared = set(getattr(model, "all_tied_weights_keys", None) or {})
+    names_by_tensor: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_by_tensor.setdefault(id(parameter), []).append(name)
+    undeclared = []
+    for names in names_by_tensor.values():
+        if len(names) > 1 and len([name for name in names if name not in declared]) > 1:
+            undeclared.extend(name for name in names if name not in declared)
+    return sorted(undeclared)
+
+
+class CaptioningPolicy:
+    """What `DiscriTuneTrainer` and the embedding cache need from a captioner, and the plumbing every captioner shares.
+
+    Subclass it *before* `transformers.PreTrainedModel` (`class MyPolicy(CaptioningPolicy, PreTrainedModel)`), so that
+    its `forward`, `save_pretrained` and `from_pretrained` come first. A new captioner implements:
+
+    - `preprocess(images)` and `encode_images(pixel_values)`;
+    - `generate_captions(...)` (build the result with :func:`captions_from_generated`, inside
+      `with self.generation_mode():`);
+    - `caption_log_probs(...)`, or the two hooks the shared implementation calls: `image_conditioning` and
+      `caption_logits`;
+    - optionally `captioning_forward` (what `forward` does without `caption_ids`, e.g. maximum-likelihood training).
+
+    ClipCap, BLIP and any transformers captioner (`HFCaptionerPolicy`) are the built-in implementations; see
+    `docs/custom_captioner.md` for writing a new one.
 
     Attributes:
-        stop_token_ids (`list[int]`): ids that end a caption (full stops and EOS).
+        caches_image_features (`bool`, defaults to `True`): whether `encode_images` returns features that stay valid
+            for the whole training run (a frozen encoder). Then the trainer may compute them once per image
+            (`cache_embeddings`) and once per step, and hands them back as `image_embeds`. Set it to `False` when the
+            image encoder trains or cannot run apart from the text model; `encode_images` then returns the pixels.
+        supports_beam_search (`bool`, defaults to `True`): whether `generate_captions` accepts `num_beams > 1`. A
+            greedy-only policy sets `False`; evaluation (`eval_num_beams`) then decodes greedily, with one warning.
+        tokenizer (*optional*): the tokenizer, saved and loaded with the policy when set.
+        image_processor (*optional*): the image processor, saved and loaded with the policy when set.
     """
+
+    caches_image_features: bool = True
+    supports_beam_search: bool = True
+    tokenizer: Any = None
+    image_processor: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if issubclass(cls, nn.Module) and mro.index(nn.Module) < mro.index(CaptioningPolicy):
+            raise TypeError(
+                f"{cls.__name__} lists CaptioningPolicy after {mro[mro.index(nn.Module) - 1].__name__}: write "
+                f"`class {cls.__name__}(CaptioningPolicy, PreTrainedModel)` (CaptioningPolicy first) so that its "
+                "forward routing and checkpoint checks are used."
+            )
+
+    # ------------------------------------------------------------------ what the trainer reads
+
+    @property
+    def processing_class(self) -> Any:
+        """What `DiscriTuneTrainer` passes to `Trainer` as `processing_class` (saved beside every checkpoint): the
+        tokenizer by default; `None` when the policy decodes without one."""
+        return self.tokenizer
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Turn PIL images (any mode) into the `pixel_values` tensor the policy's image encoder reads."""
         raise NotImplementedError
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Run the frozen image encoder. The result may be cached and passed back as `image_embeds`."""
+        """Run the frozen image encoder, without gradients: `[N, ...]` features of a fixed shape per image.
+
+        With `caches_image_features`, the result is stored per image (as a fixed-shape array) and handed back to
+        `generate_captions` / `caption_log_probs` as `image_embeds` instead of `pixel_values`.
+        """
         raise NotImplementedError
 
     def generate_captions(
@@ -214,11 +359,27 @@ class CaptioningPolicy:
         top_p: float = 1.0,
         num_return_sequences: int = 1,
     ) -> CaptionOutput:
-        """Caption a batch of images, without gradients.
+        """Caption a batch of images, in eval mode and without gradients (see :meth:`generation_mode`).
 
         With `num_return_sequences=G` the output has `B * G` rows, the G captions of each image consecutive.
+        `CaptionOutput.texts` is exactly what the retriever reads.
         """
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def generation_mode(self) -> Iterator[None]:
+        """Eval mode (no dropout: the caption is the policy's own) and no gradients; afterwards every submodule is back
+        in its own previous mode (a frozen encoder kept in eval mode inside a training policy stays so)."""
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    # ------------------------------------------------------------------ log-probs, written once
 
     def caption_log_probs(
         self,
@@ -229,9 +390,101 @@ class CaptioningPolicy:
         *,
         reduction: str = "mean",
     ) -> torch.Tensor:
-        """Teacher-forced log-probabilities of `caption_ids` given the images, with gradients.
+        """Teacher-forced log-probabilities of `caption_ids` given the images, in one forward pass, with gradients.
 
-        `caption_ids` may hold `G` captions per image (`B * G` rows, consecutive per image).
-        Returns `[B * G]` (reduction `"mean"` or `"sum"`) or `[B * G, T]` (`"none"`).
+        Args:
+            caption_ids: `[B * G, T]` caption ids, the G captions of each image consecutive.
+            caption_mask: `[B * G, T]` 1 for caption tokens (up to and including the stop token), 0 after.
+            pixel_values / image_embeds: the `B` images, as in `generate_captions`.
+            reduction: `"mean"` (length-normalised, the public DiscriTune implementation's choice), `"sum"` or
+                `"none"`.
+
+        Returns:
+            `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero after the caption) for `"none"`.
         """
+        conditioning = self.image_conditioning(pixel_values, image_embeds)  # [B, ...]
+        repeats = captions_per_image(caption_ids, caption_mask, conditioning.shape[0])
+        conditioning = conditioning.repeat_interleave(repeats, dim=0)  # [B * G, ...]
+        caption_ids = caption_ids.to(conditioning.device)
+        caption_mask = caption_mask.to(conditioning.device)
+        logits = self.caption_logits(conditioning, caption_ids, caption_mask)  # [B * G, T, V]
+        token_log_probs = gather_token_log_probs(logits, caption_ids)  # [B * G, T]
+        return reduce_token_log_probs(token_log_probs, caption_mask, reduction)
+
+    def image_conditioning(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """What the text model reads of each image (`[B, ...]`, with gradients through the trainable parts), from
+        exactly one of `pixel_values` / `image_embeds`. Used by the shared :meth:`caption_log_probs`."""
         raise NotImplementedError
+
+    def caption_logits(
+        self, conditioning: torch.Tensor, caption_ids: torch.LongTensor, caption_mask: torch.LongTensor
+    ) -> torch.Tensor:
+        """`[N, T, V]` logits of each caption token given the image and the tokens before it, already aligned:
+        `logits[:, t]` is the distribution of `caption_ids[:, t]`. Used by the shared :meth:`caption_log_probs`."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ forward routing, written once
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        *,
+        image_embeds: torch.Tensor | None = None,
+        caption_ids: torch.LongTensor | None = None,
+        caption_mask: torch.LongTensor | None = None,
+        log_prob_reduction: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The log-prob pass when `caption_ids` is given, else :meth:`captioning_forward`.
+
+        `DiscriTuneTrainer` calls `model(pixel_values | image_embeds, caption_ids=, caption_mask=,
+        log_prob_reduction=)` so that DDP / FSDP / DeepSpeed wrappers see the pass with gradients (a method called on
+        the unwrapped model would skip their gradient synchronisation); that returns :meth:`caption_log_probs`
+        (`reduction=log_prob_reduction`, `"mean"` when None).
+        """
+        if caption_ids is not None:
+            if caption_mask is None:
+                raise ValueError("caption_ids needs caption_mask (1 on caption tokens), as generate_captions returns.")
+            return self.caption_log_probs(
+                caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction or "mean"
+            )
+        return self.captioning_forward(pixel_values=pixel_values, image_embeds=image_embeds, **kwargs)
+
+    def captioning_forward(self, pixel_values=None, image_embeds=None, **kwargs: Any) -> Any:
+        """What `forward` does without `caption_ids` (e.g. maximum-likelihood training on `input_ids`, `labels`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.forward needs caption_ids and caption_mask (the log-prob pass); use "
+            "generate_captions to write captions."
+        )
+
+    # ------------------------------------------------------------------ checkpoints, written once
+
+    def check_tied_weights(self) -> None:
+        """Raise if a weight shares its tensor with another one without being declared tied.
+
+        `save_pretrained` writes a shared tensor once; transformers ties the other name again at load time only when
+        the model declares it (`_tied_weights_keys = {"lm_head.weight": "wte.weight"}` and
+        `config.tie_word_embeddings=True`), else it loads with a *random* output layer. Called by `save_pretrained`
+        and by `DiscriTuneTrainer` before training.
+
+        Raises:
+            ValueError: naming the undeclared shared weights and the fix.
+        """
+        undeclared = untied_shared_weights(self)
+        if undeclared:
+            raise ValueError(
+                f"{type(self).__name__} shares weights that are not declared tied: {undeclared}. Saved, only one of "
+                "them would be written and the others would load back randomly initialised. Declare the tie: "
+                "`_tied_weights_keys = {target: source}` on the class and `tie_word_embeddings=True` in its config, "
+                "or wrap a transformers PreTrainedModel (e.g. GPT2LMHeadModel) that declares its own; or untie them."
+            )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, after :meth:`check_tied_weights`, plus the `image_processor` and
+        `tokenizer` when set (so `push_to_hub` and `from_pretrained` have them)."""
+        self.check_tied_weights()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for part in (self.image_processor, self.tokenizer):
+                if part is not None:
+                    part.save_pretrained(save_directory)

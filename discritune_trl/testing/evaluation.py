@@ -105,7 +105,7 @@ def toy_spacy_pipeline(lexicon: dict[str, tuple[str, str]]):
     return nlp
 
 
-class ColorCaptionPolicy(torch.nn.Module, CaptioningPolicy):
+class ColorCaptionPolicy(CaptioningPolicy, torch.nn.Module):
     """A weight-free `CaptioningPolicy` that names the palette colour of an image: "a red square."
 
     With `vague=True` it says "a square." for every image, like an uninformative captioner. It records the

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..models.policy import reduce_token_log_probs
+from ..models.policy import CaptioningPolicy, reduce_token_log_probs
 from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
@@ -58,7 +58,7 @@ class DiscriTuneTrainer(Trainer):
         train_dataset: a `datasets.Dataset` with an image column (`args.image_column`).
         eval_dataset: images to evaluate retrieval P@1 on.
         processing_class: the policy's tokenizer or processor, saved beside checkpoints; defaults to the policy's
-            own `tokenizer`/`processor` attribute when it has one.
+            `processing_class` (see `CaptioningPolicy`).
         data_collator: defaults to `DiscriTuneCollator`.
         callbacks, optimizers: as in `transformers.Trainer`.
         peft_config: a `peft.PeftConfig`; the policy is wrapped with `peft.get_peft_model` and only adapters train.
@@ -95,8 +95,9 @@ class DiscriTuneTrainer(Trainer):
         self.ref_model = _frozen_reference(model) if args.kl_coef > 0 and peft_config is None else None
         train_dataset = _prepare_dataset(train_dataset, args.image_column, "train_dataset")
         eval_dataset = _prepare_dataset(eval_dataset, args.image_column, "eval_dataset")
+        _check_policy(model)
         if processing_class is None:
-            processing_class = getattr(model, "tokenizer", None) or getattr(model, "processor", None)
+            processing_class = model.processing_class
         if data_collator is None:
             data_collator = DiscriTuneCollator(model, self.reward_model, image_column=args.image_column)
         super().__init__(
@@ -118,6 +119,7 @@ class DiscriTuneTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._sample_captions: list[dict[str, Any]] = []
         self._num_unreadable_images = 0
+        self._warned_greedy_evaluation = False
         if args.cache_embeddings:
             self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
             self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
@@ -173,12 +175,8 @@ class DiscriTuneTrainer(Trainer):
         return self._caption(policy, image_inputs, **kwargs)
 
     def _caption(self, policy, image_inputs: dict[str, torch.Tensor], **generation_kwargs):
-        was_training = policy.training
-        policy.eval()  # no dropout while captioning: the sampled caption is the policy's own
-        with torch.no_grad(), self.accelerator.autocast():
-            captions = policy.generate_captions(**image_inputs, **generation_kwargs)
-        policy.train(was_training)
-        return captions
+        with policy.generation_mode(), self.accelerator.autocast():  # eval mode: the caption is the policy's own
+            return policy.generate_captions(**image_inputs, **generation_kwargs)
 
     def _reward(self, texts: list[str], inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards `[B * G]` of this process's captions (candidates: the images of the global batch), and the
@@ -304,6 +302,8 @@ class DiscriTuneTrainer(Trainer):
     ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """Caption every image of `dataset` (beam search, `eval_num_beams` by default) on all processes.
 
+        A policy that declares `supports_beam_search = False` is decoded greedily instead, with one warning.
+
         Returns:
             `(captions, text_embeds [N, D], image_embeds [N, D])` in dataset order, the embeddings from the
             reward model's retriever, gathered from every process. Rows whose image cannot be read are left out.
@@ -312,6 +312,16 @@ class DiscriTuneTrainer(Trainer):
         dataloader = self.get_eval_dataloader(dataset)
         policy = self.accelerator.unwrap_model(self.model)
         num_beams = self.args.eval_num_beams if num_beams is None else num_beams
+        if num_beams > 1 and not policy.supports_beam_search:
+            if not self._warned_greedy_evaluation:
+                logger.warning(
+                    "%s declares supports_beam_search=False: captioning with greedy decoding instead of num_beams=%d "
+                    "(eval_num_beams).",
+                    type(policy).__name__,
+                    num_beams,
+                )
+                self._warned_greedy_evaluation = True
+            num_beams = 1
         indices, texts, text_embeds, image_embeds = [], [], [], []
         progress = tqdm(dataloader, desc=description, disable=not self.is_local_process_zero())
         for batch in progress:
@@ -516,6 +526,19 @@ def _cached_retriever_embeds(dataset: datasets.Dataset) -> torch.Tensor | list[t
     if rows and isinstance(rows[0][0], list):  # one embedding per retriever
         return [torch.tensor([row[index] for row in rows], dtype=torch.float32) for index in range(len(rows[0]))]
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def _check_policy(model: nn.Module) -> None:
+    """The model implements `CaptioningPolicy`, and its tied weights will survive `save_model` (checked now, not
+    after training)."""
+    policy = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(policy, CaptioningPolicy):
+        raise TypeError(
+            f"model is a {type(policy).__name__}; DiscriTuneTrainer trains a CaptioningPolicy (ClipCapPolicy, "
+            "BlipPolicy, HFCaptionerPolicy, or your own: see docs/custom_captioner.md)."
+        )
+    if isinstance(policy, nn.Module):
+        policy.check_tied_weights()
 
 
 def _frozen_reference(model: nn.Module) -> nn.Module:

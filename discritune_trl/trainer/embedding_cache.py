@@ -33,10 +33,10 @@ def policy_caches_image_features(policy: nn.Module) -> bool:
     """Whether `policy.encode_images` returns frozen features worth caching.
 
     Captioners whose vision encoder trains (BLIP with `freeze_vision_encoder=False`) or cannot run apart from the
-    text model (GIT) return the pixels unchanged and say so with `caches_image_features = False`; ClipCap, whose
-    encoder is always frozen, has no such attribute and always caches.
+    text model (GIT) return the pixels unchanged and say so with `caches_image_features = False` (declared by
+    `CaptioningPolicy`, true by default: ClipCap's encoder is always frozen).
     """
-    return bool(getattr(policy, "caches_image_features", True))
+    return bool(policy.caches_image_features)
 
 
 def shares_clip_encoder(policy: nn.Module, reward_model: nn.Module) -> bool:

@@ -93,9 +93,6 @@ class ClipCapConfig(PretrainedConfig):
 
     text_config (`GPT2Config` or `dict`, *optional*):
         The GPT-2 language model. Defaults to GPT-2 small (the architecture of `gpt2` on the Hub).
-    log_prob_reduction (`str`, *optional*, defaults to `"mean"`):
-        Default reduction of `ClipCapPolicy.caption_log_probs`: `"mean"` (length-normalised, as the public
-        DiscriTune implementation), `"sum"` (sequence log-probability) or `"none"`.
     freeze_mapper (`bool`, *optional*, defaults to `False`):
         Keep the mapper's weights fixed (`requires_grad=False`).
     freeze_language_model (`bool`, *optional*, defaults to `False`):
@@ -118,11 +115,18 @@ class ClipCapConfig(PretrainedConfig):
     mapper_mlp_ratio: float = 2.0
     normalize_prefix: bool = False
     text_config: dict | PretrainedConfig | None = None
-    log_prob_reduction: str = "mean"
     freeze_mapper: bool = False
     freeze_language_model: bool = False
 
     def __post_init__(self, **kwargs):
+        # Configs saved before the reduction became a per-call argument hold `log_prob_reduction="mean"`, which is
+        # what every call defaults to; any other value would now be ignored, so it is refused.
+        log_prob_reduction = kwargs.pop("log_prob_reduction", "mean")
+        if log_prob_reduction != "mean":
+            raise ValueError(
+                f"log_prob_reduction={log_prob_reduction!r} is no longer a ClipCapConfig field: pass "
+                "reduction= to caption_log_probs, or set DiscriTuneConfig.log_prob_reduction for training."
+            )
         super().__post_init__(**kwargs)
         if not isinstance(self.text_config, GPT2Config):  # transformers < 5.20 leaves sub-configs as given
             self.text_config = GPT2Config(**(self.text_config or {}))
@@ -132,8 +136,6 @@ class ClipCapConfig(PretrainedConfig):
             self.prefix_length = DEFAULT_PREFIX_LENGTHS[self.mapper_type]
         if self.prefix_length < 1:
             raise ValueError(f"prefix_length={self.prefix_length} must be >= 1.")
-        if self.log_prob_reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"log_prob_reduction={self.log_prob_reduction!r} is not one of 'mean', 'sum', 'none'.")
         if self.clip_model_cfg is None:
             self.clip_model_cfg = open_clip_model_config(self.clip_model_name)
             if self.clip_pretrained is not None:

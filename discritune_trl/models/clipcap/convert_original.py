@@ -162,7 +162,7 @@ def load_original_clipcap_checkpoint(
             read from them when unset.
         normalize_prefix: L2-normalise the image embedding before the mapper; by default `True` for the
             transformer mapper (as its public inference code) and `False` for the MLP mapper.
-        config_kwargs: other [`ClipCapConfig`] fields (`log_prob_reduction`, `freeze_language_model`, ...).
+        config_kwargs: other [`ClipCapConfig`] fields (`freeze_mapper`, `freeze_language_model`, ...).
 
     Raises:
         ValueError: unexpected or missing keys, a prefix length or encoder width that does not fit the weights,

@@ -23,12 +23,10 @@ from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
     captions_from_generated,
-    captions_per_image,
     check_generation_arguments,
     expect_tied_weights_unsaved,
     full_stop_token_ids,
-    gather_token_log_probs,
-    reduce_token_log_probs,
+    hub_kwargs,
     to_rgb,
 )
 from .configuration_clipcap import ClipCapConfig
@@ -40,7 +38,7 @@ logger = logging.get_logger(__name__)
 # CLIP's text encoder reads 77 positions, two of which are its start and end tokens.
 
 
-class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
+class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
     """ClipCap as a DiscriTune policy: `visual` (frozen open_clip vision tower) -> `mapper` -> `language_model`.
 
     Build it with:
@@ -169,32 +167,21 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
 
         return load_original_clipcap_checkpoint(checkpoint_path, policy_class=cls, **kwargs)
 
-    # ------------------------------------------------------------------ saving / loading
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained`, plus the tokenizer files when the policy has a tokenizer.
-
-        The frozen encoder's weights are part of `model.safetensors` and its architecture and image transform
-        are in `config.json`, so the folder is self-contained.
-        """
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None and kwargs.get("is_main_process", True):
-            self.tokenizer.save_pretrained(save_directory)
+    # ------------------------------------------------------------------ loading (saving: `CaptioningPolicy`)
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, tokenizer: Any | None = None, **kwargs: Any
     ) -> ClipCapPolicy:
-        """`PreTrainedModel.from_pretrained`, plus the tokenizer saved next to the weights (or `tokenizer`)."""
+        """`PreTrainedModel.from_pretrained`, plus the tokenizer saved next to the weights (or `tokenizer`).
+
+        The frozen encoder's weights are part of `model.safetensors` and its architecture and image transform are in
+        `config.json`, so a saved folder is self-contained.
+        """
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if tokenizer is None:
-            hub_kwargs = {
-                key: kwargs[key]
-                for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
-                if key in kwargs
-            }
             try:
-                tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs(kwargs))
             except (OSError, ValueError) as error:
                 logger.warning(
                     f"No tokenizer found with {pretrained_model_name_or_path} ({error}); pass tokenizer=... "
@@ -230,6 +217,10 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
                 f"pixel_values has shape {list(pixel_values.shape)}, expected [N, 3, {height}, {width}] "
                 "(RGB at the encoder's image size); use policy.preprocess(images)."
             )
+
+    def image_conditioning(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """`[B, P, E]` GPT-2 prefix embeddings of the images (the mapper's output, with gradients)."""
+        return self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))
 
     def _image_embeds(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """`[B, D]` encoder outputs from exactly one of `pixel_values` / `image_embeds`."""
@@ -310,18 +301,15 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
         )
         return outputs.logits[:, :-1]  # [B, T, V]
 
-    def forward(
+    def captioning_forward(
         self,
         pixel_values: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        caption_ids: torch.LongTensor | None = None,
-        caption_mask: torch.LongTensor | None = None,
-        log_prob_reduction: str | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutput | torch.Tensor:
+    ) -> CausalLMOutput:
         """Teacher-forced captioning: the standard maximum-likelihood loss of ClipCap pretraining.
 
         Args:
@@ -331,19 +319,14 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
             attention_mask: `[B, T]` 1 for caption tokens, 0 for padding.
             labels: `[B, T]` targets, -100 where ignored; usually `input_ids` with padding set to -100.
 
-        With `caption_ids` / `caption_mask` / `log_prob_reduction` instead of `input_ids`, returns
-        `caption_log_probs(...)`: `DiscriTuneTrainer` computes log-probs through `forward` so that DDP, FSDP and
-        DeepSpeed wrappers see the pass (see `CaptioningPolicy`).
+        This is what `forward` does without `caption_ids`; with `caption_ids` / `caption_mask` /
+        `log_prob_reduction`, `forward` returns `caption_log_probs(...)` (the trainer's pass, see `CaptioningPolicy`).
 
         Returns:
             `CausalLMOutput` with `logits` `[B, T, V]` over the caption tokens only, aligned with `input_ids`
             (`logits[:, t]` predicts `input_ids[:, t]`, no further shift), and `loss`, the mean cross-entropy
             over the labelled tokens, when `labels` is given.
         """
-        if caption_ids is not None:  # the trainer's log-prob pass, routed through forward for DDP/FSDP hooks
-            return self.caption_log_probs(
-                caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction
-            )
         if input_ids is None:
             raise ValueError("forward needs input_ids (the captions); use generate_captions to write captions.")
         prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))
@@ -355,40 +338,8 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
             )
         return CausalLMOutput(loss=loss, logits=logits)
 
-    def caption_log_probs(
-        self,
-        caption_ids: torch.LongTensor,
-        caption_mask: torch.LongTensor,
-        pixel_values: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
-        *,
-        reduction: str | None = None,
-    ) -> torch.Tensor:
-        """Teacher-forced log-probabilities of `caption_ids` given the images, in one forward pass, with
-        gradients to the mapper and GPT-2 (never to the encoder).
-
-        Args:
-            caption_ids: `[B * G, T]` caption ids, the G captions of each image consecutive.
-            caption_mask: `[B * G, T]` 1 for caption tokens (up to and including the stop token), 0 after.
-            pixel_values / image_embeds: the `B` images, as in `generate_captions`.
-            reduction: `"mean"` (length-normalised, the public DiscriTune implementation's choice), `"sum"` or
-                `"none"`; defaults to `config.log_prob_reduction` (`"mean"`).
-
-        Returns:
-            `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero on padding) for `"none"`.
-        """
-        image_embeds = self._image_embeds(pixel_values, image_embeds)  # [B, D]
-        repeats = captions_per_image(caption_ids, caption_mask, image_embeds.shape[0])
-        prefix = self.prefix_embeds(image_embeds).repeat_interleave(repeats, dim=0)  # [B * G, P, E]
-        caption_ids = caption_ids.to(prefix.device)
-        caption_mask = caption_mask.to(prefix.device)
-        logits = self.caption_logits(prefix, caption_ids, caption_mask)  # [B * G, T, V]
-        token_log_probs = gather_token_log_probs(logits, caption_ids)  # [B * G, T]
-        return reduce_token_log_probs(token_log_probs, caption_mask, reduction or self.config.log_prob_reduction)
-
     # ------------------------------------------------------------------ generation
 
-    @torch.no_grad()
     def generate_captions(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -418,12 +369,10 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
                 f"prefix_length={self.config.prefix_length} + max_new_tokens={max_new_tokens} exceeds GPT-2's "
                 f"n_positions={self.config.text_config.n_positions}; lower max_new_tokens."
             )
-        prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))  # [B, P, E]
         stop_token_ids = self.stop_token_ids
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
-        was_training = self.training
-        self.eval()
-        try:
+        with self.generation_mode():
+            prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))  # [B, P, E]
             generated = self.language_model.generate(
                 inputs_embeds=prefix,
                 attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
@@ -436,8 +385,6 @@ class ClipCapPolicy(PreTrainedModel, CaptioningPolicy):
                 use_cache=True,
                 **sampling,
             )  # [B * G, T] new tokens only (no prompt ids when generating from inputs_embeds)
-        finally:
-            self.train(was_training)
         return captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
 
 

@@ -20,19 +20,13 @@ from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
     captions_from_generated,
-    captions_per_image,
     check_generation_arguments,
     expect_tied_weights_unsaved,
     full_stop_token_ids,
-    gather_token_log_probs,
-    reduce_token_log_probs,
+    hub_kwargs,
     to_rgb,
 )
 from .families import CaptionerFamily
-
-
-# Keyword arguments of `from_pretrained` that also locate the processor files.
-_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
 
 
 def split_processor(processor=None, image_processor=None, tokenizer=None) -> tuple:
@@ -51,7 +45,7 @@ def split_processor(processor=None, image_processor=None, tokenizer=None) -> tup
 
 
 class HFCaptionerMixin(CaptioningPolicy):
-    """Implements `preprocess`, `encode_images`, `generate_captions` and `caption_log_probs` for HF captioners.
+    """Implements `preprocess`, `encode_images`, `generate_captions` and the log-prob hooks for HF captioners.
 
     The class using it is a `PreTrainedModel` that provides `captioner_model` (the `transformers` model that
     captions), `family` (its :class:`~.families.CaptionerFamily`) and a config with `prompt`,
@@ -71,7 +65,7 @@ class HFCaptionerMixin(CaptioningPolicy):
         self.image_processor = None
         self.tokenizer = None
         self._prefix_ids = None  # [P] start tokens + prompt tokens
-        self.stop_token_ids: list[int] = []
+        self.stop_token_ids: list[int] = []  # ids that end a caption (full stops and the end token)
         expect_tied_weights_unsaved(self)
         self._freeze_vision_encoder()
         if image_processor is not None or tokenizer is not None:
@@ -167,8 +161,12 @@ class HFCaptionerMixin(CaptioningPolicy):
         with torch.no_grad():
             return self.family.encode(self.captioner_model, pixel_values.to(self.dtype))
 
-    def _image_features(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+    def image_conditioning(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """What the text model attends to, computed with gradients only through a trainable vision encoder."""
+        self._require_processor()
+        return self._image_features(pixel_values, image_embeds)
+
+    def _image_features(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("Pass exactly one of pixel_values or image_embeds (the output of encode_images).")
         if image_embeds is not None and self.caches_image_features:
@@ -204,7 +202,8 @@ class HFCaptionerMixin(CaptioningPolicy):
         top_p: float = 1.0,
         num_return_sequences: int = 1,
     ) -> CaptionOutput:
-        """Caption a batch of images with `transformers`' `generate` (KV cache, batched stopping), without gradients.
+        """Caption a batch of images with `transformers`' `generate` (KV cache, batched stopping), in eval mode and
+        without gradients.
 
         Decoding starts after the prompt and stops at the first full stop or end token of each row, or after
         `max_new_tokens`. Only these decoding arguments shape the distribution: the model's own generation config
@@ -222,12 +221,12 @@ class HFCaptionerMixin(CaptioningPolicy):
             :class:`CaptionOutput` with the caption ids (prompt excluded), mask, texts and stop flags.
         """
         self._require_processor()
-        features = self._image_features(pixel_values, image_embeds)  # [B, ...]
-        prefix_ids, prefix_mask = self._prefix(features.shape[0], features.device)
         generation_config = self._generation_config(
             max_new_tokens, do_sample, num_beams, temperature, top_k, top_p, num_return_sequences
         )
-        with torch.no_grad():
+        with self.generation_mode():
+            features = self._image_features(pixel_values, image_embeds)  # [B, ...]
+            prefix_ids, prefix_mask = self._prefix(features.shape[0], features.device)
             sequences = self.family.generate(
                 self.captioner_model, features, prefix_ids, prefix_mask, generation_config
             )
@@ -257,66 +256,23 @@ class HFCaptionerMixin(CaptioningPolicy):
             **sampling,
         )
 
-    # ------------------------------------------------------------------ log-probs
+    # ------------------------------------------------------------------ log-probs (`CaptioningPolicy.caption_log_probs`)
 
-    def caption_log_probs(
-        self,
-        caption_ids: torch.LongTensor,
-        caption_mask: torch.LongTensor,
-        pixel_values: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
-        *,
-        reduction: str = "mean",
+    def caption_logits(
+        self, conditioning: torch.Tensor, caption_ids: torch.LongTensor, caption_mask: torch.LongTensor
     ) -> torch.Tensor:
-        """Teacher-forced log-probabilities of the caption tokens (never the prompt's), in one forward pass.
-
-        Args:
-            caption_ids: `[B * G, T]` caption ids as returned by :meth:`generate_captions` (`G` per image,
-                consecutive).
-            caption_mask: `[B * G, T]`, 1 on caption tokens.
-            pixel_values / image_embeds: the `B` images, as for :meth:`generate_captions`.
-            reduction: `"mean"` (over caption tokens), `"sum"` or `"none"`.
-
-        Returns:
-            `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero after the caption) for `"none"`.
-        """
-        self._require_processor()
-        features = self._image_features(pixel_values, image_embeds)  # [B, ...]
-        features = features.repeat_interleave(
-            captions_per_image(caption_ids, caption_mask, features.shape[0]), dim=0
-        )  # [B * G, ...]
-        num_captions = caption_ids.shape[0]
-        caption_ids = caption_ids.to(features.device)
-        caption_mask = caption_mask.to(features.device)
-        prefix_ids, prefix_mask = self._prefix(num_captions, features.device)  # [B * G, P]
-        input_ids = torch.cat([prefix_ids, caption_ids], dim=1)  # [B * G, P + T]
+        """`[N, T, V]` logits of the caption tokens (never the prompt's) given the image features and the tokens
+        before them: the text model reads `start tokens + prompt + caption`, in one forward pass."""
+        prefix_ids, prefix_mask = self._prefix(caption_ids.shape[0], conditioning.device)  # [N, P]
+        input_ids = torch.cat([prefix_ids, caption_ids], dim=1)  # [N, P + T]
         attention_mask = torch.cat([prefix_mask, caption_mask.long()], dim=1)
-        logits = self.family.logits(self.captioner_model, features, input_ids, attention_mask)  # [B * G, P + T, V]
+        logits = self.family.logits(self.captioner_model, conditioning, input_ids, attention_mask)  # [N, P + T, V]
         # The logit at position t predicts token t + 1: the caption is predicted from position P - 1 on.
-        token_log_probs = gather_token_log_probs(logits[:, prefix_ids.shape[1] - 1 : -1], caption_ids)  # [B * G, T]
-        return reduce_token_log_probs(token_log_probs, caption_mask, reduction)
+        return logits[:, prefix_ids.shape[1] - 1 : -1]
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        *,
-        image_embeds: torch.Tensor | None = None,
-        caption_ids: torch.LongTensor | None = None,
-        caption_mask: torch.LongTensor | None = None,
-        log_prob_reduction: str | None = None,
-        **kwargs,
-    ):
-        """The log-prob pass when `caption_ids` is given, else the wrapped captioner's own `forward`.
-
-        `DiscriTuneTrainer` calls `model(pixel_values | image_embeds, caption_ids=, caption_mask=,
-        log_prob_reduction=)` so that DDP / FSDP / DeepSpeed wrappers see the pass with gradients; that returns
-        :meth:`caption_log_probs` (`reduction=log_prob_reduction`, `"mean"` when None). Any other call (e.g.
-        `input_ids=`, `labels=` for maximum-likelihood training) goes to the captioner's forward unchanged.
-        """
-        if caption_ids is not None:
-            return self.caption_log_probs(
-                caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction or "mean"
-            )
+    def captioning_forward(self, pixel_values=None, image_embeds=None, **kwargs):
+        """Without `caption_ids`, `forward` is the wrapped captioner's own (e.g. `input_ids=`, `labels=` for
+        maximum-likelihood training), unchanged."""
         if image_embeds is not None:
             raise ValueError("image_embeds is only accepted with caption_ids (the log-prob pass); pass pixel_values.")
         if pixel_values is not None:
@@ -326,14 +282,7 @@ class HFCaptionerMixin(CaptioningPolicy):
     def _captioner_forward(self, **kwargs):
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the image processor and tokenizer (so `push_to_hub` has them)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None and kwargs.get("is_main_process", True):
-            self.image_processor.save_pretrained(save_directory)
-            self.tokenizer.save_pretrained(save_directory)
+    # ------------------------------------------------------------------ checkpoints (saving: `CaptioningPolicy`)
 
     @classmethod
     def from_pretrained(
@@ -345,14 +294,14 @@ class HFCaptionerMixin(CaptioningPolicy):
             ValueError: if no processor is passed and none can be loaded from `pretrained_model_name_or_path`.
         """
         image_processor, tokenizer = split_processor(processor, image_processor, tokenizer)
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        locate = hub_kwargs(kwargs)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model._freeze_vision_encoder()
         try:
             image_processor = image_processor or AutoImageProcessor.from_pretrained(
-                pretrained_model_name_or_path, **hub_kwargs
+                pretrained_model_name_or_path, **locate
             )
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **locate)
         except (OSError, ValueError) as error:
             raise ValueError(
                 f"No processor could be loaded from {pretrained_model_name_or_path!r} ({error}); pass processor= "
