@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model, PreTrainedConfig, PreTrainedModel
 
-from discritune_trl import DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
+from discritune_trl import DiscriTuneConfig, DiscriTuneTrainer
 from discritune_trl.models import (
     CaptioningPolicy,
     captions_from_generated,
@@ -109,7 +109,7 @@ def main(output_dir: str, max_steps: int = 4) -> list[str]:
                             save_strategy="no", disable_tqdm=True)  # fmt: skip
     trainer = DiscriTuneTrainer(
         model=policy,
-        reward_model=DiscriminativeRewardModel(ColorRetriever()),
+        reward_model=ColorRetriever(),  # the trainer builds the reward model from the config
         args=args,
         train_dataset=images.cast_column("image", datasets.Image()),
         eval_dataset=images.select(range(10)).cast_column("image", datasets.Image()),
