@@ -46,3 +46,14 @@ def test_reference_stopping_forces_eos_after_a_full_stop(throughput):
     scores = processor(torch.tensor([[3, 5], [5, 2]]), torch.zeros(2, 6))
     assert scores[0].argmax() == 0 and torch.isinf(scores[0, 1:]).all()
     assert torch.equal(scores[1], torch.zeros(6))
+
+
+def test_log_prob_memory_mode_reports_before_and_after(throughput, tmp_path):
+    path = tmp_path / "memory.json"
+    argv = ["--log_prob_memory", "--tiny", "--batch_size", "4", "--max_new_tokens", "3", "--precision", "fp32", "bf16"]
+    throughput.main([*argv, "--json", str(path)])
+    figures = json.loads(path.read_text())["log_prob_memory_mib"]
+    assert figures["logits_shape"][:2] == [4, 3]
+    for precision in ("fp32", "bf16"):
+        assert set(figures[precision]) == {"before", "after"}
+        assert all(value >= 0 for value in figures[precision].values())
