@@ -74,7 +74,8 @@ class DiscriTuneConfig(TrainingArguments):
         num_beams (`int`, *optional*, defaults to `5`):
             Beams for `train_decoding="beam"`.
         eval_num_beams (`int`, *optional*, defaults to `5`):
-            Beams used to caption the evaluation set (paper: 5).
+            Beams used to caption the evaluation set (paper: 5). A policy that declares `supports_beam_search = False`
+            is evaluated greedily instead, with one warning.
 
         > Parameters that control the reward
 
