@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from discritune_trl.utils.data import image_batches, load_image_dataset
+from discritune_trl.utils.data import load_image_dataset
+from discritune_trl.utils.images import image_batches
 
 
 def write_images(folder, count: int) -> list[str]:

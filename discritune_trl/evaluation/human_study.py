@@ -25,7 +25,7 @@ from importlib import resources
 import datasets
 from PIL import Image
 
-from ..models.policy import to_rgb
+from ..utils.images import to_rgb
 
 
 CONTROL_TYPE = "control"

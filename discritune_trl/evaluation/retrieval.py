@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..retrievers.base import Retriever
-from ..utils.data import image_batches
+from ..utils.images import image_batches
 
 
 # Rows of the [rows, N] score matrix handled at once, so a 10k-image gallery never needs a 10k x 10k matrix.

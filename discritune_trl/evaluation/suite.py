@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..models.policy import CaptioningPolicy
 from ..retrievers.base import Retriever
-from ..utils.data import image_batches
+from ..utils.images import image_batches
 from .captioning import CAPTION_METRICS, caption_metrics
 from .distractors import hard_distractor_accuracy
 from .retrieval import retrieval_metrics

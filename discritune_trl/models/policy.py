@@ -249,19 +249,6 @@ def expect_tied_weights_unsaved(model) -> None:
     model._keys_to_ignore_on_save = set(getattr(model, "all_tied_weights_keys", None) or {})
 
 
-def to_rgb(images: list[Image.Image]) -> list[Image.Image]:
-    """Convert grayscale, palette, RGBA, CMYK... PIL images to RGB; raise a clear error on anything else."""
-    converted = []
-    for index, image in enumerate(images):
-        if not isinstance(image, Image.Image):
-            raise TypeError(
-                f"images[{index}] is a {type(image).__name__}, expected a PIL.Image.Image; "
-                "decode it first (e.g. with datasets.Image() or PIL.Image.open)."
-            )
-        converted.append(image if image.mode == "RGB" else image.convert("RGB"))
-    return converted
-
-
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The `from_pretrained` keyword arguments that also locate the files saved beside the weights (processor,
     tokenizer)."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..models.policy import to_rgb
+from ..utils.images import to_rgb
 from ..utils.open_clip_utils import build_open_clip
 from .base import Retriever
 

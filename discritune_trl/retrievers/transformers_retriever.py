@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
-from ..models.policy import to_rgb
+from ..utils.images import to_rgb
 from .base import Retriever
 
 

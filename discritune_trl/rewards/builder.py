@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..retrievers.base import Retriever
-from ..utils.data import image_batches
+from ..utils.images import image_batches
 from .reward_model import DiscriminativeRewardModel
 
 

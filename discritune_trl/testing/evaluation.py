@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.policy import CaptioningPolicy, CaptionOutput, to_rgb
+from ..models.policy import CaptioningPolicy, CaptionOutput
 from ..retrievers.base import Retriever
+from ..utils.images import to_rgb
 
 
 PALETTE = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+
+from ..utils.images import decode_image
 
 
 logger = logging.getLogger(__name__)
@@ -18,21 +18,6 @@ INDEX_COLUMN = "_discritune_index"
 # them, the collator passes them on and no pixels are prepared for that model.
 POLICY_EMBEDS_COLUMN = "policy_image_embeds"
 RETRIEVER_EMBEDS_COLUMN = "retriever_image_embeds"
-
-
-def decode_image(value: Any) -> Image.Image:
-    """A `datasets.Image` value (decoded or not), a path or a PIL image, to a fully loaded PIL image."""
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, str):
-        image = Image.open(value)
-    elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-        image = Image.open(source)
-    else:
-        raise TypeError(f"Cannot read an image from a {type(value).__name__}.")
-    image.load()  # truncated files fail here, not later inside the model
-    return image
 
 
 class DiscriTuneCollator:

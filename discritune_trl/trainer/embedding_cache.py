@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from datasets.fingerprint import Hasher
 from torch import nn
 
-from .collator import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN, decode_image
+from ..utils.images import decode_image
+from .collator import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN
 
 
 logger = logging.getLogger(__name__)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
 
 import datasets
-from PIL import Image
 
 
 _SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -44,14 +42,3 @@ def load_image_dataset(
             f"Could not load dataset {path_or_name!r} split {split!r} ({error}). Without a connection, pass a local "
             "folder: one saved with Dataset.save_to_disk, or an image folder with a metadata.jsonl."
         ) from error
-
-
-def image_batches(
-    images: Sequence[Image.Image] | datasets.Dataset, batch_size: int, image_column: str = "image"
-) -> Iterator[list[Image.Image]]:
-    """Consecutive lists of at most `batch_size` PIL images from a sequence or from a dataset's `image_column`."""
-    for start in range(0, len(images), batch_size):
-        if isinstance(images, datasets.Dataset):
-            yield images[start : start + batch_size][image_column]
-        else:
-            yield list(images[start : start + batch_size])

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedM
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import logging
 
+from ...utils.images import to_rgb
 from ...utils.open_clip_utils import build_open_clip
 from ..policy import (
     CaptioningPolicy,
@@ -27,7 +28,6 @@ from ..policy import (
     expect_tied_weights_unsaved,
     full_stop_token_ids,
     hub_kwargs,
-    to_rgb,
 )
 from .configuration_clipcap import ClipCapConfig
 from .mappers import build_mapper

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, GenerationConfig
 
+from ...utils.images import to_rgb
 from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
@@ -24,7 +25,6 @@ from ..policy import (
     expect_tied_weights_unsaved,
     full_stop_token_ids,
     hub_kwargs,
-    to_rgb,
 )
 from .families import CaptionerFamily
 
