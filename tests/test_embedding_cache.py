@@ -77,7 +77,7 @@ def test_cached_and_uncached_steps_give_identical_rewards_losses_and_gradients(t
         losses = []
         for trainer, batch in ((cached, cached_batch), (uncached, uncached_batch)):
             trainer.model.zero_grad()
-            loss = trainer.compute_loss(trainer.model, dict(batch))
+            loss = trainer.compute_loss(trainer.model, batch)
             loss.backward()
             losses.append(loss)
         torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
@@ -145,7 +145,7 @@ def test_trainable_blip_encoder_caches_only_the_retriever():
     trainable = BlipPolicy.from_blip(model, processor, freeze_vision_encoder=False)
     cached = cache_frozen_embeddings(image_dataset(3), trainable, reward_model)
     assert "policy_image_embeds" not in cached.column_names
-    batch = DiscriTuneCollator(trainable, reward_model)([cached[i] for i in range(3)])
+    batch = DiscriTuneCollator.from_models(trainable, reward_model)([cached[i] for i in range(3)])
     assert batch["policy_pixel_values"].dim() == 4 and batch["retriever_image_embeds"].shape == (3, 16)
 
     frozen = BlipPolicy.from_blip(model, processor, freeze_vision_encoder=True)
@@ -159,7 +159,7 @@ def test_several_retrievers_are_cached_per_retriever():
     reward_model = DiscriminativeRewardModel(retrievers)
     policy = tiny_clipcap_policy(seed=0)
     cached = cache_frozen_embeddings(image_dataset(4), policy, reward_model, batch_size=4)
-    batch = DiscriTuneCollator(policy, reward_model)([cached[i] for i in range(4)])
+    batch = DiscriTuneCollator.from_models(policy, reward_model)([cached[i] for i in range(4)])
     embeds = batch["retriever_image_embeds"]
     assert [tuple(e.shape) for e in embeds] == [(4, 16), (4, 8)]
     pixels = reward_model.preprocess(image_dataset(4)["image"])

@@ -72,7 +72,7 @@ def test_loss_equals_hand_computation_with_running_mean(tmp_path):
             captions.sequences, captions.caption_mask, batch["policy_pixel_values"], reduction="mean"
         )
         expected = -((rewards - expected_baseline) * log_probs).mean()
-        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss = trainer.compute_loss(trainer.model, batch)
         torch.testing.assert_close(loss, expected)
         seen.append(rewards.mean().item())
         assert trainer.running_mean.mean == pytest.approx(sum(seen) / len(seen), rel=1e-6)
@@ -99,7 +99,7 @@ def test_sum_reduction_and_kl_term(tmp_path):
     kl = ((delta.exp() - delta - 1) * mask).sum() / mask.sum()
     expected = -(rewards * tokens.sum(dim=1)).mean() + 0.5 * kl
     assert kl > 0
-    torch.testing.assert_close(trainer.compute_loss(policy, dict(batch)), expected)
+    torch.testing.assert_close(trainer.compute_loss(policy, batch), expected)
 
 
 def test_running_mean_baseline_is_documented_running_mean():

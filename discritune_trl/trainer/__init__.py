@@ -1,4 +1,5 @@
 from .baselines import RunningMeanBaseline
+from .batch import DiscriTuneBatch
 from .collator import DiscriTuneCollator
 from .discritune_config import DiscriTuneConfig
 from .discritune_trainer import DiscriTuneTrainer
@@ -6,6 +7,7 @@ from .embedding_cache import cache_frozen_embeddings
 
 
 __all__ = [
+    "DiscriTuneBatch",
     "DiscriTuneCollator",
     "DiscriTuneConfig",
     "DiscriTuneTrainer",

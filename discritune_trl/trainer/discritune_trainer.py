@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
@@ -21,13 +22,8 @@ from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
-from .collator import (
-    INDEX_COLUMN,
-    RETRIEVER_EMBEDS_COLUMN,
-    DiscriTuneCollator,
-    policy_image_inputs,
-    retriever_image_inputs,
-)
+from .batch import INDEX_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
+from .collator import DiscriTuneCollator
 from .discritune_config import DiscriTuneConfig
 from .embedding_cache import cache_frozen_embeddings, policy_caches_image_features
 from .model_card import write_model_card
@@ -59,7 +55,8 @@ class DiscriTuneTrainer(Trainer):
         eval_dataset: images to evaluate retrieval P@1 on.
         processing_class: the policy's tokenizer or processor, saved beside checkpoints; defaults to the policy's
             `processing_class` (see `CaptioningPolicy`).
-        data_collator: defaults to `DiscriTuneCollator`.
+        data_collator: defaults to `DiscriTuneCollator.from_models(model, reward_model)`; a custom one returns a
+            `DiscriTuneBatch` (or a dict of its fields).
         callbacks, optimizers: as in `transformers.Trainer`.
         peft_config: a `peft.PeftConfig`; the policy is wrapped with `peft.get_peft_model` and only adapters train.
     """
@@ -99,7 +96,7 @@ class DiscriTuneTrainer(Trainer):
         if processing_class is None:
             processing_class = model.processing_class
         if data_collator is None:
-            data_collator = DiscriTuneCollator(model, self.reward_model, image_column=args.image_column)
+            data_collator = DiscriTuneCollator.from_models(model, self.reward_model, image_column=args.image_column)
         super().__init__(
             model=model,
             args=args,
@@ -134,11 +131,11 @@ class DiscriTuneTrainer(Trainer):
 
     # ------------------------------------------------------------------ the step
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model, inputs: DiscriTuneBatch, return_outputs=False, num_items_in_batch=None):
         """One DiscriTune step: generate -> reward -> baseline -> log-probs -> loss."""
-        self._num_unreadable_images += self._global_sum(inputs.pop("num_unreadable_images", 0))
+        self._num_unreadable_images += self._global_sum(inputs.num_unreadable_images)
         policy = self.accelerator.unwrap_model(model)
-        image_inputs = self._encode_policy_images(policy, policy_image_inputs(inputs))
+        image_inputs = self._encode_policy_images(policy, inputs.policy_inputs)
         captions = self._generate(policy, image_inputs)
         rewards, global_rewards = self._reward(captions.texts, inputs)
         advantages = self._advantages(rewards, global_rewards, policy, image_inputs, inputs)
@@ -148,7 +145,7 @@ class DiscriTuneTrainer(Trainer):
         if self.args.kl_coef > 0:
             kl = self._kl(policy, captions, image_inputs, token_log_probs)
             loss = loss + self.args.kl_coef * kl
-        self._record_captions(captions, inputs["image_index"])
+        self._record_captions(captions, inputs.image_index)
         return (loss, captions) if return_outputs else loss
 
     def _encode_policy_images(self, policy, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,11 +175,11 @@ class DiscriTuneTrainer(Trainer):
         with policy.generation_mode(), self.accelerator.autocast():  # eval mode: the caption is the policy's own
             return policy.generate_captions(**image_inputs, **generation_kwargs)
 
-    def _reward(self, texts: list[str], inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reward(self, texts: list[str], inputs: DiscriTuneBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards `[B * G]` of this process's captions (candidates: the images of the global batch), and the
         rewards of every process's captions, gathered once for the statistics the baseline and the logs need."""
         with torch.no_grad():
-            output = self.reward_model(texts, **retriever_image_inputs(inputs), step=self.state.global_step)
+            output = self.reward_model(texts, **inputs.retriever_inputs, step=self.state.global_step)
         rewards = output.rewards.float()
         if not torch.isfinite(rewards).all():
             bad = [texts[i] for i in torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:3]]
@@ -208,7 +205,7 @@ class DiscriTuneTrainer(Trainer):
             greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_new_tokens)
             with torch.no_grad():
                 baseline = self.reward_model(
-                    greedy.texts, **retriever_image_inputs(inputs), step=self.state.global_step
+                    greedy.texts, **inputs.retriever_inputs, step=self.state.global_step
                 ).rewards.float()
             baseline = baseline.repeat_interleave(rewards.numel() // baseline.numel())
         elif kind == "loo":
@@ -327,14 +324,14 @@ class DiscriTuneTrainer(Trainer):
         for batch in progress:
             batch = self._prepare_inputs(batch)
             captions = self._caption(
-                policy, policy_image_inputs(batch), num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
+                policy, batch.policy_inputs, num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
             )
             with torch.no_grad():
                 text_embeds.append(gather_rows(self.reward_model.retriever.encode_texts(captions.texts).float())[0])
                 image_embeds.append(gather_rows(self._retriever_image_embeds(batch).float())[0])
             # Processes may hold different numbers of rows (unreadable images are dropped), so the gathers pad and
             # trim; rows that Accelerate repeated to even out the last batch are dropped by index below.
-            indices.append(gather_rows(batch["image_index"].to(self.accelerator.device))[0])
+            indices.append(gather_rows(batch.image_index.to(self.accelerator.device))[0])
             texts.extend(gather_objects(captions.texts))
         indices = torch.cat(indices).cpu()
         order = indices.argsort(stable=True)  # processes interleave batches: back to dataset order
@@ -342,6 +339,12 @@ class DiscriTuneTrainer(Trainer):
         ordered = indices[order]
         order = order[torch.cat([torch.tensor([True]), ordered[1:] != ordered[:-1]])]
         return [texts[i] for i in order.tolist()], torch.cat(text_embeds)[order], torch.cat(image_embeds)[order]
+
+    def _prepare_inputs(self, inputs: DiscriTuneBatch | Mapping[str, Any]) -> DiscriTuneBatch:
+        """The batch on the device; a custom `data_collator`'s dict of `DiscriTuneBatch` fields becomes one."""
+        if isinstance(inputs, Mapping) and not isinstance(inputs, DiscriTuneBatch):
+            inputs = DiscriTuneBatch(inputs)
+        return super()._prepare_inputs(inputs)
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Batches of every evaluation image: `dataloader_drop_last` (on by default here) drops the short last
@@ -352,9 +355,9 @@ class DiscriTuneTrainer(Trainer):
         finally:
             self.args.dataloader_drop_last = drop_last
 
-    def _retriever_image_embeds(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _retriever_image_embeds(self, batch: DiscriTuneBatch) -> torch.Tensor:
         """`[B, D]` image embeddings of the (first) retriever, cached or computed from pixels."""
-        inputs = retriever_image_inputs(batch)
+        inputs = batch.retriever_inputs
         embeds = inputs.get("image_embeds")
         if embeds is None:
             embeds = self.reward_model.encode_images(inputs["pixel_values"])

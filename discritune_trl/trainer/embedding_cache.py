@@ -21,7 +21,7 @@ from datasets.fingerprint import Hasher
 from torch import nn
 
 from ..utils.images import decode_image
-from .collator import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN
+from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN
 
 
 logger = logging.getLogger(__name__)
