@@ -209,6 +209,8 @@ def caption_metrics(
 
     results: dict = {}
     skipped: dict[str, str] = {}
+    # pycocoevalcap is imported only when a metric is computed: `import discritune_trl` stays light (see
+    # tests/test_evaluation_suite.py::test_importing_the_package_stays_light) and works where it is not installed.
     if "bleu" in metrics:
         from pycocoevalcap.bleu.bleu import Bleu
 

@@ -20,7 +20,7 @@ def _load_pipeline(nlp):
     if not isinstance(nlp, str):
         return nlp
     try:
-        import spacy
+        import spacy  # optional (the `eval` extra), and slow to import: only when a pipeline is asked for
     except ImportError as error:
         raise ImportError("Caption-language analysis needs spaCy: `pip install spacy`.") from error
     try:

@@ -8,6 +8,7 @@ library (WordPiece for BLIP and GIT, byte-level BPE for GPT-2). Nothing is downl
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     BertTokenizer,
@@ -166,8 +167,6 @@ def tiny_git(seed: int = 0) -> tuple[GitForCausalLM, GitProcessor]:
 
 def random_images(count: int, size: int = 40, seed: int = 0, mode: str = "RGB") -> list:
     """`count` random-noise PIL images of `size`x`size` pixels in the given PIL `mode`."""
-    from PIL import Image
-
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (count, size, size, 3), generator=generator, dtype=torch.uint8).numpy()
     return [Image.fromarray(array, mode="RGB").convert(mode) for array in pixels]

@@ -96,7 +96,7 @@ def toy_spacy_pipeline(lexicon: dict[str, tuple[str, str]]):
     `lexicon` maps a lower-cased word to `(lemma, universal POS)`; other words get POS "X" and no lemma
     (`count_lemmas` then uses the token text). Nothing is downloaded.
     """
-    import spacy
+    import spacy  # optional (the `eval` extra): only the tests that build a pipeline need it
 
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("attribute_ruler")

@@ -12,11 +12,13 @@ from typing import Any
 
 import datasets
 import torch
+from peft import get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..evaluation.retrieval import precision_at_1
 from ..models.policy import CaptioningPolicy, reduce_token_log_probs
 from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
@@ -81,8 +83,6 @@ class DiscriTuneTrainer(Trainer):
         if not isinstance(args, DiscriTuneConfig):
             raise TypeError(f"args must be a DiscriTuneConfig, got {type(args).__name__}.")
         if peft_config is not None:
-            from peft import get_peft_model
-
             model = get_peft_model(model, peft_config)
         if args.disable_dropout:
             for module in model.modules():
@@ -370,8 +370,6 @@ class DiscriTuneTrainer(Trainer):
         A dict of datasets (e.g. `{"in_domain": ..., "shifted": ...}`, the paper's cross-domain evaluation) is
         evaluated set by set, each set's metrics prefixed with its name (`eval_shifted_p_at_1`).
         """
-        from ..evaluation.retrieval import precision_at_1
-
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("evaluate() needs an eval_dataset: pass one here or to the trainer.")

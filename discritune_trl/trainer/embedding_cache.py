@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from datasets.fingerprint import Hasher
 from torch import nn
 
+from ..models.clipcap import ClipCapPolicy
+from ..retrievers.open_clip_retriever import OpenCLIPRetriever
 from ..utils.images import decode_image
 from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN
 
@@ -49,9 +51,6 @@ def shares_clip_encoder(policy: nn.Module, reward_model: nn.Module) -> bool:
     encoder pass serves both; `cache_frozen_embeddings` also checks, batch by batch, that both preprocessings give
     the same pixels before sharing.
     """
-    from ..models.clipcap import ClipCapPolicy
-    from ..retrievers.open_clip_retriever import OpenCLIPRetriever
-
     if getattr(reward_model, "is_multi_retriever", False) or not hasattr(reward_model, "retriever"):
         return False
     if hasattr(policy, "get_base_model"):  # a PEFT-wrapped policy: adapters never touch the frozen encoder

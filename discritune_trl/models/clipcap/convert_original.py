@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, GPT2Config
 from transformers.utils import logging
 
 from .configuration_clipcap import ClipCapConfig
+from .modeling_clipcap import ClipCapPolicy
 
 
 logger = logging.get_logger(__name__)
@@ -136,7 +137,7 @@ def infer_original_clipcap_architecture(
 def load_original_clipcap_checkpoint(
     checkpoint_path: str | os.PathLike,
     *,
-    policy_class: type | None = None,
+    policy_class: type[ClipCapPolicy] = ClipCapPolicy,
     tokenizer: Any | str = "gpt2",
     text_config: GPT2Config | dict | None = None,
     clip_model_name: str | None = "ViT-B-32",
@@ -168,8 +169,6 @@ def load_original_clipcap_checkpoint(
         ValueError: unexpected or missing keys, a prefix length or encoder width that does not fit the weights,
             or tensors whose shapes do not match `text_config`, each named.
     """
-    if policy_class is None:
-        from .modeling_clipcap import ClipCapPolicy as policy_class
     state_dict = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
@@ -232,3 +231,8 @@ def _load_converted_weights(policy, converted: dict[str, torch.Tensor]) -> None:
             "Pass the text_config the checkpoint was trained with."
         )
     policy.load_state_dict(converted, strict=False)
+
+
+# `ClipCapPolicy.from_original_checkpoint(path, ...)` is this converter, wired here so that the modeling file does not
+# import it (imports go one way: the converter reads the modeling file).
+ClipCapPolicy._original_checkpoint_loader = staticmethod(load_original_clipcap_checkpoint)

@@ -8,7 +8,8 @@ frozen, so its output (`image_embeds`) can be computed once per image and passed
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import open_clip
 import torch
@@ -159,13 +160,15 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
             policy.load_encoder_weights()
         return policy
 
+    # `load_original_clipcap_checkpoint`, set by `convert_original` when the package loads: the converter imports
+    # this file, never the reverse.
+    _original_checkpoint_loader: ClassVar[Callable[..., PreTrainedModel]]
+
     @classmethod
     def from_original_checkpoint(cls, checkpoint_path: str | os.PathLike, **kwargs: Any) -> ClipCapPolicy:
         """Load a checkpoint published with ClipCap (`coco_weights.pt`, `conceptual_weights.pt`, the
         transformer-mapper one). See [`load_original_clipcap_checkpoint`] for the arguments."""
-        from .convert_original import load_original_clipcap_checkpoint
-
-        return load_original_clipcap_checkpoint(checkpoint_path, policy_class=cls, **kwargs)
+        return ClipCapPolicy._original_checkpoint_loader(checkpoint_path, policy_class=cls, **kwargs)
 
     # ------------------------------------------------------------------ loading (saving: `CaptioningPolicy`)
 
