@@ -72,6 +72,22 @@ def test_ptb_tokenizer_matches_toolkit_and_simple_tokenizer_approximates_it():
     assert simple_tokenize(texts) == ptb_tokenize(texts)
 
 
+NON_ASCII = ["Un café à Paris, près du Musée.", "Ένα κόκκινο λεωφορείο στον δρόμο!", "Straße_name naïve façade—über"]
+
+
+def test_simple_tokenizer_keeps_non_ascii_words_whole():
+    assert simple_tokenize(NON_ASCII) == [
+        "un café à paris près du musée",
+        "ένα κόκκινο λεωφορείο στον δρόμο",
+        "straße_name naïve façade über",
+    ]
+
+
+@needs_java
+def test_simple_tokenizer_matches_ptb_on_non_ascii_words():
+    assert simple_tokenize(NON_ASCII) == ptb_tokenize(NON_ASCII)
+
+
 def test_simple_tokenizer_runs_without_java(monkeypatch):
     monkeypatch.setattr(captioning.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="tokenizer='simple'"):

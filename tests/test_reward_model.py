@@ -203,6 +203,18 @@ def test_several_retrievers_mean_and_alternate():
         mean(captions, pixel_values=TOY_IMAGES)
 
 
+def test_a_failed_call_does_not_advance_the_alternate_rotation():
+    first, second = LookupRetriever(TOY_TEXTS, scale=2.0), LookupRetriever(TOY_TEXTS, scale=5.0)
+    captions = ["zero", "one"]
+    single = [DiscriminativeRewardModel(r)(captions, pixel_values=TOY_IMAGES).rewards for r in (first, second)]
+    alternate = DiscriminativeRewardModel([first, second], multi_retriever="alternate")
+    broken = torch.full_like(TOY_IMAGES, float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        alternate(captions, image_embeds=[broken, broken])  # would have been the first retriever's call
+    torch.testing.assert_close(alternate(captions, image_embeds=[TOY_IMAGES, TOY_IMAGES]).rewards, single[0])
+    torch.testing.assert_close(alternate(captions, image_embeds=[TOY_IMAGES, TOY_IMAGES]).rewards, single[1])
+
+
 def test_several_retrievers_cache_one_embedding_per_retriever(retriever):
     other = tiny_open_clip_retriever(seed=1, embed_dim=8)
     reward_model = DiscriminativeRewardModel([retriever, other])

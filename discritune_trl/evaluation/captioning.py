@@ -38,11 +38,21 @@ TOKENIZERS = ("ptb", "simple")
 _PTB_PUNCTUATION = frozenset(
     ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )
-# The simple tokenizer writes brackets and double quotes the way PTB does (quotes then get dropped).
-_SIMPLE_REWRITES = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-", '"': "''"}
-_SIMPLE_TOKEN = re.compile(
-    r"\.\.\.|--|[a-z0-9]+(?=n't\b)|n't|'[a-z]+|(?:[a-z]\.){2,}|[a-z0-9]+(?:[-.,][a-z0-9]+)*|[^\sa-z0-9]"
-)
+# The simple tokenizer writes brackets, double quotes and em/en dashes the way PTB does (quotes and dashes then get
+# dropped).
+_SIMPLE_REWRITES = {
+    "\u2014": "--",
+    "\u2013": "--",
+    "(": "-lrb-",
+    ")": "-rrb-",
+    "{": "-lcb-",
+    "}": "-rcb-",
+    "[": "-lsb-",
+    "]": "-rsb-",
+    '"': "''",
+}
+# Words are runs of Unicode word characters (`\w`), so "café" and Greek words stay whole as in PTB.
+_SIMPLE_TOKEN = re.compile(r"\.\.\.|--|\w+(?=n't\b)|n't|'\w+|(?:\w\.){2,}|\w+(?:[-.,]\w+)*|[^\w\s]")
 
 _SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 

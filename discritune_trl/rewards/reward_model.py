@@ -68,7 +68,7 @@ class DiscriminativeRewardModel(nn.Module):
     **Several retrievers.** `retriever` may be a list. `multi_retriever="mean"` averages rewards, logits and
     accuracy over all retrievers (the in-batch columns are the same images for all; hard-negative column `j` is
     each retriever's own `j`-th neighbour). `"alternate"` uses one retriever per call, `step % num_retrievers`
-    (`step` passed to `forward`, else a call counter). Each retriever has its own preprocessing and embedding
+    (`step` passed to `forward`, else the number of successful calls so far: a call that raises does not move it). Each retriever has its own preprocessing and embedding
     space, so `preprocess` / `encode_images` return one tensor per retriever and `forward` takes such a list
     (cache the whole list); with `"alternate"` only the active retriever's entry is read. `hard_negative_bank` is
     then one `[M, D_r]` tensor per retriever.
@@ -229,7 +229,7 @@ class DiscriminativeRewardModel(nn.Module):
             target_indices: `[B]` index of each caption's image among this process's images.
             target_bank_indices: `[num_images]` row of each image in `hard_negative_bank` (`-1` if absent), so
                 mining never returns the target itself even when its bank embedding differs slightly.
-            step: training step for `multi_retriever="alternate"`; defaults to the number of calls so far.
+            step: training step for `multi_retriever="alternate"`; defaults to the number of successful calls so far.
 
         Returns:
             `RewardOutput` with `rewards`, `logits`, `accuracy` and (global) `target_indices`.
@@ -239,7 +239,6 @@ class DiscriminativeRewardModel(nn.Module):
             raise ValueError("Pass exactly one of pixel_values (from reward_model.preprocess) or image_embeds.")
         images = self._per_retriever(image_embeds if pixel_values is None else pixel_values, "images")
         active = self.active_retriever_indices(step)
-        self._num_calls += 1
 
         outputs = []
         for index in active:
@@ -251,6 +250,7 @@ class DiscriminativeRewardModel(nn.Module):
                 local_embeds = images[index]
                 _check_finite(local_embeds, "image_embeds", "recompute them with reward_model.encode_images")
             outputs.append(self._score(index, captions, local_embeds, target_indices, target_bank_indices))
+        self._num_calls += 1  # only a call that succeeded moves the "alternate" rotation on
         if len(outputs) == 1:
             return outputs[0]
         return RewardOutput(
