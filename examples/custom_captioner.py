@@ -23,7 +23,7 @@ from discritune_trl.models import (
     load_policy,
     register_policy,
 )
-from discritune_trl.testing.evaluation import PALETTE, ColorRetriever, mean_colour_pixels, solid_image
+from discritune_trl.testing.evaluation import PALETTE, ColorRetriever, mean_color_pixels, solid_image
 
 
 WORDS = ["<eos>", ".", "a", "square", *PALETTE]  # id = position; "<eos>" (0) also pads
@@ -57,7 +57,7 @@ class WordCaptioner(CaptioningPolicy, PreTrainedModel):  # CaptioningPolicy firs
         return " ".join(self.config.words[i] for i in ids if i != 0).replace(" .", ".")
 
     def preprocess(self, images):
-        return mean_colour_pixels(images)  # [N, 3, 1, 1]
+        return mean_color_pixels(images)  # [N, 3, 1, 1]
 
     def encode_images(self, pixel_values):  # frozen (no weights): cached once per image by the trainer
         return pixel_values.float().flatten(1)  # [N, 3]
@@ -101,8 +101,8 @@ register_policy(WordCaptionerConfig, WordCaptioner)
 
 def main(output_dir: str, max_steps: int = 4) -> list[str]:
     torch.manual_seed(0)
-    colours = list(PALETTE) * 4  # 40 one-colour images
-    images = datasets.Dataset.from_dict({"image": [solid_image(c, size=16) for c in colours]})
+    colors = list(PALETTE) * 4  # 40 one-colour images
+    images = datasets.Dataset.from_dict({"image": [solid_image(c, size=16) for c in colors]})
     policy = WordCaptioner(WordCaptionerConfig(words=WORDS))
     args = DiscriTuneConfig(output_dir=output_dir, per_device_train_batch_size=10, max_steps=max_steps,
                             learning_rate=1e-3, max_new_tokens=6, report_to="none", use_cpu=True,

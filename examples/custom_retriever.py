@@ -14,10 +14,10 @@ from torchvision.transforms.functional import pil_to_tensor
 from discritune_trl import DiscriminativeRewardModel, Retriever
 
 
-COLOUR_WORDS = ("red", "green", "blue")
+COLOR_WORDS = ("red", "green", "blue")
 
 
-class ColourRetriever(Retriever):
+class ColorRetriever(Retriever):
     """Images: mean RGB colour. Captions: counts of the words "red", "green", "blue"."""
 
     embed_dim = 3
@@ -33,7 +33,7 @@ class ColourRetriever(Retriever):
         return F.normalize(pixel_values.mean(dim=(2, 3)) + 1e-3, dim=-1)  # [N, 3]
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        counts = torch.tensor([[text.lower().count(word) for word in COLOUR_WORDS] for text in texts])
+        counts = torch.tensor([[text.lower().count(word) for word in COLOR_WORDS] for text in texts])
         return F.normalize(counts.float() + 1e-3, dim=-1)  # [B, 3]; "" embeds as grey
 
     @property
@@ -42,8 +42,8 @@ class ColourRetriever(Retriever):
 
 
 def main() -> dict[str, torch.Tensor]:
-    images = [Image.new("RGB", (32, 32), colour) for colour in ("red", "green", "blue")]
-    reward_model = DiscriminativeRewardModel(ColourRetriever())  # reward_type="log_prob", as in the paper
+    images = [Image.new("RGB", (32, 32), color) for color in ("red", "green", "blue")]
+    reward_model = DiscriminativeRewardModel(ColorRetriever())  # reward_type="log_prob", as in the paper
     pixel_values = reward_model.preprocess(images)
 
     results = {}

@@ -68,7 +68,7 @@ def test_scenes_follow_their_domain():
             assert len(set(positions)) == len(positions)  # never two objects in one place
 
 
-def test_render_draws_the_object_colour_at_its_position():
+def test_render_draws_the_object_color_at_its_position():
     scene = sample_scene(scene_rng(0, 0, 0), IN_DOMAIN)
     image = render_scene(scene, image_size=32)
     assert image.size == (32, 32) and image.mode == "RGB"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from transformers import PretrainedConfig
+from transformers import PreTrainedConfig
 from transformers.utils import cached_file
 
 from .blip import BlipPolicy, BlipPolicyConfig
@@ -22,7 +22,7 @@ POLICY_MAPPING: dict[str, type[CaptioningPolicy]] = {}
 
 
 def register_policy(
-    config_class: type[PretrainedConfig], policy_class: type[CaptioningPolicy], exist_ok: bool = False
+    config_class: type[PreTrainedConfig], policy_class: type[CaptioningPolicy], exist_ok: bool = False
 ) -> None:
     """Make `load_policy` (and the model card's usage snippet) load `policy_class` for folders whose `config.json`
     has `model_type == config_class.model_type`.

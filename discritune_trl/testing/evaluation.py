@@ -42,7 +42,7 @@ def solid_image(color: str | tuple[int, int, int], size: int = 8) -> Image.Image
     return Image.new("RGB", (size, size), rgb)
 
 
-def mean_colour_pixels(images: list[Image.Image]) -> torch.Tensor:
+def mean_color_pixels(images: list[Image.Image]) -> torch.Tensor:
     """Each image (any size or mode) reduced to its mean RGB in [0, 1], as a `[N, 3, 1, 1]` "pixel" tensor."""
     means = [torch.from_numpy(np.asarray(image, dtype=np.float32)).mean(dim=(0, 1)) for image in to_rgb(images)]
     return (torch.stack(means) / 255.0)[:, :, None, None]  # [N, 3, 1, 1]
@@ -66,7 +66,7 @@ class ColorRetriever(Retriever):
         self.freeze()
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return mean_colour_pixels(images)
+        return mean_color_pixels(images)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         mean_rgb = pixel_values.float().mean(dim=(2, 3))  # [N, 3]
@@ -121,7 +121,7 @@ class ColorCaptionPolicy(CaptioningPolicy, torch.nn.Module):
         self.last_generate_kwargs: dict = {}
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return mean_colour_pixels(images)
+        return mean_color_pixels(images)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pixel_values.float().mean(dim=(2, 3))  # [N, 3]

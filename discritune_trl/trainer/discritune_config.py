@@ -40,8 +40,6 @@ class DiscriTuneConfig(TrainingArguments):
 
         image_column (`str`, *optional*, defaults to `"image"`):
             Dataset column holding the images (a `datasets.Image` feature, PIL images or paths).
-        captions_column (`str`, *optional*, defaults to `"captions"`):
-            Dataset column with reference captions. Never used for training; only reported in evaluation.
         cache_embeddings (`bool`, *optional*, defaults to `True`):
             Compute the frozen encoders' image embeddings (the retriever's, and the captioner's when its encoder is
             frozen) once per image before training, with `cache_frozen_embeddings`, and reuse them at every epoch
@@ -155,9 +153,6 @@ class DiscriTuneConfig(TrainingArguments):
 
     # > Data
     image_column: str = field(default="image", metadata={"help": "Dataset column holding the images."})
-    captions_column: str = field(
-        default="captions", metadata={"help": "Dataset column with reference captions (evaluation only)."}
-    )
     cache_embeddings: bool = field(
         default=True, metadata={"help": "Encode images with the frozen encoders once, before training."}
     )

@@ -76,7 +76,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         }
         for split in splits
     }
-    colours = {
+    colors = {
         ROW_TITLES[name]: {SPLIT_TITLES[split]: results[split]["color_word_rate"][name] for split in splits}
         for name in ("before", "after", "human")
     }
@@ -93,7 +93,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             markdown_metric_blocks(quality, columns=("bleu_4", "cider"), scale=1.0, digits=2, heading_level=3),
             "## Share of captions naming a colour (the paper's Table 7 finding)",
             "",
-            markdown_table(colours, scale=100.0, digits=1),
+            markdown_table(colors, scale=100.0, digits=1),
             f"Runtime: {results.get('runtime_seconds', float('nan')):.0f} s.",
             "",
         ]
@@ -102,14 +102,12 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str:
     """Reward and in-batch retrieval accuracy over training steps, from `trainer.state.log_history`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object-oriented API: no pyplot state, no process-wide backend
 
     logs = [entry for entry in log_history if "reward/mean" in entry]
     steps = [entry["step"] for entry in logs]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))
+    left, right = figure.subplots(1, 2)
     left.plot(steps, [entry["reward/mean"] for entry in logs], color="tab:blue")
     left.set(xlabel="step", ylabel="reward (log-prob of the target)", title="Reward")
     right.plot(steps, [100 * entry["retrieval/accuracy"] for entry in logs], color="tab:green")
@@ -118,19 +116,16 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
 def plot_caption_grid(images: list, before: list[str], after: list[str], path: str, columns: int = 4) -> str:
     """Test images with their captions before and after DiscriTune."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object-oriented API: no pyplot state, no process-wide backend
 
     rows = (len(images) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 4.4 * rows), squeeze=False)
+    figure = Figure(figsize=(3.6 * columns, 4.4 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, old, new in zip(axes.flat, images, before, after):
@@ -139,7 +134,6 @@ def plot_caption_grid(images: list, before: list[str], after: list[str], path: s
         axis.text(0.0, -0.04, text, transform=axis.transAxes, fontsize=7, va="top", ha="left", wrap=False)
     figure.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=0.08, wspace=0.08, hspace=0.75)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 

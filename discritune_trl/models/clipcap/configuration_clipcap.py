@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import open_clip
-from transformers import GPT2Config, PretrainedConfig
+from transformers import GPT2Config, PreTrainedConfig
 
 from ...utils.open_clip_utils import open_clip_model_config
 
@@ -42,7 +42,7 @@ def open_clip_preprocess_config(
     return settings
 
 
-class ClipCapConfig(PretrainedConfig):
+class ClipCapConfig(PreTrainedConfig):
     r"""Configuration of a [`ClipCapPolicy`]: a frozen open_clip image encoder, a trainable mapper that turns
     the image embedding into `prefix_length` GPT-2 input embeddings, and a GPT-2 language model.
 
@@ -114,7 +114,7 @@ class ClipCapConfig(PretrainedConfig):
     mapper_num_heads: int = 8
     mapper_mlp_ratio: float = 2.0
     normalize_prefix: bool = False
-    text_config: dict | PretrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
     freeze_mapper: bool = False
     freeze_language_model: bool = False
 
