@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 
@@ -18,7 +19,9 @@ from discritune_trl.world import (
     META_CAPTIONS,
     SHIFTED,
     WORLD_FEATURES,
+    WORLD_REGIMES,
     HumanCaptionStyle,
+    WorldConfig,
     WorldDataConfig,
     build_world,
     color_word_rate,
@@ -230,3 +233,38 @@ def test_batch_larger_than_split_is_a_clear_error():
     small = generate_world(WorldDataConfig(num_train=8, num_in_domain_test=1, num_shifted_test=1), progress=False)
     with pytest.raises(ValueError, match="fewer than batch_size=16"):
         train_retriever(small["train"], config.retriever, progress=False)
+
+
+def test_regimes_change_only_the_human_captions():
+    vague, good = WorldConfig.from_seed(0), WorldConfig.from_seed(0, "good")
+    assert vague.fingerprint() == WorldConfig().fingerprint()  # the default world is the vague regime
+    assert good.fingerprint() != vague.fingerprint()
+    assert (
+        good.retriever_fingerprint()
+        == vague.retriever_fingerprint()
+        != WorldConfig.from_seed(1).retriever_fingerprint()
+    )
+    shares = [WORLD_REGIMES[name].descriptive for name in ("vague", "mixed", "good")]
+    assert shares == sorted(shares) and shares[0] == HumanCaptionStyle().descriptive
+    with pytest.raises(ValueError, match="'great'.*'vague', 'mixed', 'good'"):
+        WorldConfig.from_seed(0, "great")
+    # Same scenes and pixels; the good regime's human captions describe more often.
+    vague_row, good_row = (generate_example(config.data, "train", 3) for config in (vague, good))
+    assert vague_row["image"].tobytes() == good_row["image"].tobytes()
+    assert vague_row["descriptive"] == good_row["descriptive"]
+
+
+def test_a_world_of_another_regime_copies_the_cached_retriever(tiny_world):
+    config = tiny_world_config()
+    config.data = dataclasses.replace(config.data, human_style=WORLD_REGIMES["good"])
+    good = load_or_build_world(os.path.dirname(tiny_world.root), config, verbose=False)
+    assert good.root != tiny_world.root
+    assert good.read_manifest()["retriever_copied_from"] == tiny_world.root
+    with open(tiny_world.retriever_checkpoint, "rb") as a, open(good.retriever_checkpoint, "rb") as b:
+        assert a.read() == b.read()
+    assert (
+        good.read_manifest()["retriever_p_at_1"]["in_domain"]["descriptive"]
+        == (tiny_world.read_manifest()["retriever_p_at_1"]["in_domain"]["descriptive"])
+    )
+    captions = [refs[0] for refs in good.load_dataset()["train"]["captions"]]
+    assert captions != [refs[0] for refs in tiny_world.load_dataset()["train"]["captions"]]

@@ -9,6 +9,7 @@ from .build import WorldConfig, WorldPaths, build_world, cached_world, default_c
 from .captions import (
     COLOR_WORDS,
     META_CAPTIONS,
+    WORLD_REGIMES,
     HumanCaptionStyle,
     color_word_rate,
     describe,
@@ -25,6 +26,7 @@ from .train_retriever import RetrieverTrainingConfig, default_retriever_model_cf
 
 
 __all__ = [
+    "WORLD_REGIMES",
     "WORLD_TRAINING_DEFAULTS",
     "run_world_job",
     "COLOR_WORDS",

@@ -1,6 +1,6 @@
 """Command line: build (or find in the cache) the embedded world.
 
-    python -m discritune_trl.world build [--cache-dir DIR] [--seed 0] [--rebuild] [--threads N]
+    python -m discritune_trl.world build [--cache-dir DIR] [--seed 0] [--regime vague] [--rebuild] [--threads N]
 
 prints the world's folder and the paths of its dataset, retriever and captioner.
 """
@@ -13,6 +13,7 @@ import json
 import torch
 
 from .build import WorldConfig, default_cache_dir, load_or_build_world
+from .captions import WORLD_REGIMES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,13 +24,19 @@ def main(argv: list[str] | None = None) -> None:
         "--cache-dir", default=None, help=f"Parent folder of cached worlds (default: {default_cache_dir()})."
     )
     build.add_argument("--seed", type=int, default=0, help="Seeds the images, captions and both trainings.")
+    build.add_argument(
+        "--regime",
+        default="vague",
+        choices=tuple(WORLD_REGIMES),
+        help="How good the captioner starts: vague (the default world), mixed, or good (docs/world.md).",
+    )
     build.add_argument("--rebuild", action="store_true", help="Build again even if the world is cached.")
     build.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    paths = load_or_build_world(args.cache_dir, WorldConfig.from_seed(args.seed), rebuild=args.rebuild)
+    paths = load_or_build_world(args.cache_dir, WorldConfig.from_seed(args.seed, args.regime), rebuild=args.rebuild)
     manifest = paths.read_manifest()
     print(f"world:      {paths.root}")
     print(f"dataset:    {paths.dataset}")

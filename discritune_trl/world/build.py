@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from ..evaluation.retrieval import precision_at_1
 from ..models.clipcap import ClipCapPolicy
 from ..retrievers.open_clip_retriever import OpenCLIPRetriever
+from ..utils.open_clip_utils import build_open_clip
+from .captions import HumanCaptionStyle
 from .dataset import WorldDataConfig, generate_world
 from .tokenizer import train_world_tokenizer
 from .train_captioner import CaptionerTrainingConfig, build_world_clipcap, encode_split, train_captioner
@@ -80,10 +82,18 @@ class WorldConfig:
     captioner: CaptionerTrainingConfig = field(default_factory=CaptionerTrainingConfig)
 
     @classmethod
-    def from_seed(cls, seed: int) -> WorldConfig:
-        """The default world with every random draw (data, retriever, captioner) seeded by `seed`."""
+    def from_seed(cls, seed: int, regime: str = "vague") -> WorldConfig:
+        """The default world with every random draw (data, retriever, captioner) seeded by `seed`.
+
+        Args:
+            seed: seeds the images, the captions and both trainings.
+            regime: how good the captioner is before DiscriTune, one of :data:`WORLD_REGIMES`: `"vague"` (the
+                default world: the paper's ClipCap-ConCap, trained on vague alt-text), `"mixed"`, or `"good"`
+                (near the retriever's ceiling, as the paper's ClipCap-COCO). Only the human captions' style
+                changes, so the images and the retriever are those of the default world.
+        """
         return cls(
-            data=WorldDataConfig(seed=seed),
+            data=WorldDataConfig(seed=seed, human_style=HumanCaptionStyle.for_regime(regime)),
             retriever=RetrieverTrainingConfig(seed=seed),
             captioner=CaptionerTrainingConfig(seed=seed),
         )
@@ -106,6 +116,16 @@ class WorldConfig:
     def fingerprint(self) -> str:
         """A short hash of the config and the build version: the name of this world's cache folder."""
         payload = json.dumps({"version": WORLD_BUILD_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def retriever_fingerprint(self) -> str:
+        """A short hash of what the retriever is trained from: the images and descriptions (the data config less
+        the human captions' style) and the retriever's config. Worlds that share it share the retriever."""
+        data = self.data.to_dict()
+        del data["human_style"], data["captions_per_image"]
+        payload = json.dumps(
+            {"version": WORLD_BUILD_VERSION, "data": data, "retriever": self.retriever.to_dict()}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -192,11 +212,14 @@ def retriever_p_at_1(
     return scores
 
 
-def build_world(output_dir: str, config: WorldConfig | None = None, verbose: bool = True) -> WorldPaths:
+def build_world(
+    output_dir: str, config: WorldConfig | None = None, verbose: bool = True, retriever_from: WorldPaths | None = None
+) -> WorldPaths:
     """Build the world described by `config` into `output_dir` (created; its old contents are replaced).
 
     Steps, each logged with its time: generate and save the dataset; train the word-level tokenizer; train the
-    retriever and measure its P@1 on descriptive text; train the ClipCap; write `world.json`.
+    retriever (or copy it from `retriever_from`, a built world with the same
+    :meth:`WorldConfig.retriever_fingerprint`) and measure its P@1; train the ClipCap; write `world.json`.
     """
     config = config or WorldConfig()
     say = _Log(verbose)
@@ -218,14 +241,22 @@ def build_world(output_dir: str, config: WorldConfig | None = None, verbose: boo
     timings["dataset"] = round(time.time() - tick, 1)
 
     retriever_cfg = config.retriever
-    say(
-        f"Training the retriever (open_clip, {retriever_cfg.steps} steps of {retriever_cfg.batch_size} "
-        "image-description pairs)."
-    )
     tick = time.time()
-    model, preprocess, tokenizer = train_retriever(world["train"], retriever_cfg, data.image_size, progress=verbose)
-    model_cfg = retriever_cfg.resolved_model_cfg(data.image_size)
-    save_retriever(model, model_cfg, paths.retriever_dir)
+    if retriever_from is not None:  # the images and descriptions are the same: so is the trained retriever
+        say(f"Copying the retriever of {retriever_from.root} (same images, descriptions and retriever config).")
+        shutil.copytree(retriever_from.retriever_dir, paths.retriever_dir)
+        model_cfg = paths.retriever_model_cfg()
+        model, preprocess, tokenizer = build_open_clip(model_cfg=model_cfg, checkpoint_path=paths.retriever_checkpoint)
+    else:
+        say(
+            f"Training the retriever (open_clip, {retriever_cfg.steps} steps of {retriever_cfg.batch_size} "
+            "image-description pairs)."
+        )
+        model, preprocess, tokenizer = train_retriever(
+            world["train"], retriever_cfg, data.image_size, progress=verbose
+        )
+        model_cfg = retriever_cfg.resolved_model_cfg(data.image_size)
+        save_retriever(model, model_cfg, paths.retriever_dir)
     p_at_1 = {
         split: retriever_p_at_1(model, preprocess, tokenizer, world[split]) for split in ("in_domain", "shifted")
     }
@@ -252,6 +283,8 @@ def build_world(output_dir: str, config: WorldConfig | None = None, verbose: boo
     manifest = {
         "config": config.to_dict(),
         "fingerprint": config.fingerprint(),
+        "retriever_fingerprint": config.retriever_fingerprint(),
+        "retriever_copied_from": retriever_from.root if retriever_from is not None else None,
         "retriever_p_at_1": p_at_1,
         "build_seconds": timings,
     }
@@ -310,4 +343,18 @@ def load_or_build_world(
         if paths.is_complete() and not rebuild:
             _Log(verbose)(f"Using the cached world {paths.root}")
             return paths
-        return build_world(paths.root, config, verbose=verbose)
+        return build_world(paths.root, config, verbose=verbose, retriever_from=_same_retriever(cache_dir, config))
+
+
+def _same_retriever(cache_dir: str, config: WorldConfig) -> WorldPaths | None:
+    """A complete world in `cache_dir` whose retriever `config` would train again (e.g. another regime of the same
+    seed), else `None`."""
+    wanted = config.retriever_fingerprint()
+    for name in sorted(os.listdir(cache_dir)):
+        candidate = WorldPaths(os.path.join(cache_dir, name))
+        if name.startswith("world-") and name != f"world-{config.fingerprint()}" and candidate.is_complete():
+            if candidate.read_manifest().get("retriever_fingerprint") == wanted:
+                return candidate
+            if WorldConfig.from_dict(candidate.read_manifest()["config"]).retriever_fingerprint() == wanted:
+                return candidate
+    return None

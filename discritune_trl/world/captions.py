@@ -75,6 +75,24 @@ class HumanCaptionStyle:
     def probabilities(self) -> tuple[float, float, float]:
         return (self.meta, self.shapes, self.descriptive)
 
+    @classmethod
+    def for_regime(cls, regime: str) -> HumanCaptionStyle:
+        """The style of one of :data:`WORLD_REGIMES` (`"vague"`, `"mixed"`, `"good"`)."""
+        if regime not in WORLD_REGIMES:
+            raise ValueError(f"Unknown world regime {regime!r}; pick one of {tuple(WORLD_REGIMES)}.")
+        return WORLD_REGIMES[regime]
+
+
+# The paper's two starting points, and one between them: how often a "human" caption describes the image. The
+# rest is vague, meta and shapes captions in the default's 3:5 ratio. The captioner trained on these captions starts
+# vague (P@1 far below the retriever's; ClipCap-ConCap), mixed, or good (near the retriever's ceiling on descriptive
+# text; the paper's ClipCap-COCO). docs/world.md has the figures.
+WORLD_REGIMES: dict[str, HumanCaptionStyle] = {
+    "vague": HumanCaptionStyle(meta=0.3, shapes=0.5, descriptive=0.2),
+    "mixed": HumanCaptionStyle(meta=0.225, shapes=0.375, descriptive=0.4),
+    "good": HumanCaptionStyle(meta=0.1125, shapes=0.1875, descriptive=0.7),
+}
+
 
 def _finish(text: str) -> str:
     return f"{text}."
