@@ -118,6 +118,29 @@ class DiscriTuneConfig(TrainingArguments):
         num_sample_captions_to_log (`int`, *optional*, defaults to `4`):
             Sample captions (with their images' dataset indices) written to the log and to
             `<output_dir>/sample_captions.jsonl` at each logging step.
+        eval_report_greedy (`bool`, *optional*, defaults to `False`):
+            `evaluate()` also captions the evaluation set greedily (the training decoding) and reports its P@1 as
+            `<prefix>_greedy_p_at_1` beside the beam-search `<prefix>_p_at_1` (`eval_num_beams` beams), so that a
+            gap between the two decodings shows. Costs one greedy captioning pass per evaluation.
+
+        > Parameters that control the collapse alarm
+
+        collapse_alarm (`bool`, *optional*, defaults to `True`):
+            Watch the logged training metrics and warn, naming the step and the figures, when the policy collapses
+            (`CollapseAlarmCallback`): when in-batch retrieval accuracy or the mean reward falls far below its
+            running level (the best mean of `collapse_window` consecutive logs so far), or the mean caption length
+            collapses. The alarms are kept in `trainer.collapse_alarm.alarms`.
+        stop_on_collapse (`bool`, *optional*, defaults to `False`):
+            Stop training at the first collapse alarm.
+        collapse_window (`int`, *optional*, defaults to `5`):
+            Logged values (every `logging_steps` steps) per running mean; no alarm before that many logs.
+        collapse_accuracy_drop (`float`, *optional*, defaults to `0.2`):
+            Alarm when in-batch retrieval accuracy (in [0, 1]) falls this far below its running level.
+        collapse_reward_drop (`float`, *optional*, defaults to `1.0`):
+            Alarm when the mean reward falls this many batch reward standard deviations (`reward/std`, averaged
+            over the same window) below its running level.
+        collapse_length_ratio (`float`, *optional*, defaults to `0.5`):
+            Alarm when the mean caption length falls below this fraction of its running level.
 
         With `load_best_model_at_end=True` and no `metric_for_best_model`, the best checkpoint is the one with the
         highest `eval_p_at_1` (`metric_for_best_model="p_at_1"`).
@@ -195,6 +218,25 @@ class DiscriTuneConfig(TrainingArguments):
     eval_num_candidates: int = field(default=100, metadata={"help": "Candidates per query for eval P@1."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the eval distractor draw."})
     num_sample_captions_to_log: int = field(default=4, metadata={"help": "Sample captions logged per log step."})
+    eval_report_greedy: bool = field(
+        default=False, metadata={"help": "evaluate() also reports greedy-decoding P@1 (<prefix>_greedy_p_at_1)."}
+    )
+
+    # > Collapse alarm
+    collapse_alarm: bool = field(
+        default=True, metadata={"help": "Warn when reward, retrieval accuracy or caption length collapses."}
+    )
+    stop_on_collapse: bool = field(default=False, metadata={"help": "Stop training at the first collapse alarm."})
+    collapse_window: int = field(default=5, metadata={"help": "Logged values per running mean of the alarm."})
+    collapse_accuracy_drop: float = field(
+        default=0.2, metadata={"help": "Alarm when retrieval accuracy falls this far below its running level."}
+    )
+    collapse_reward_drop: float = field(
+        default=1.0, metadata={"help": "Alarm when the mean reward falls this many reward stds below its level."}
+    )
+    collapse_length_ratio: float = field(
+        default=0.5, metadata={"help": "Alarm when caption length falls below this fraction of its level."}
+    )
 
     def __post_init__(self):
         if os.environ.get("WORLD_SIZE", "1") != "1" and not _has_accelerator():
@@ -252,6 +294,14 @@ class DiscriTuneConfig(TrainingArguments):
             raise ValueError(f"num_hard_negatives={self.num_hard_negatives} must be >= 0.")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef={self.kl_coef} must be >= 0.")
+        if self.collapse_window < 1:
+            raise ValueError(f"collapse_window={self.collapse_window} must be >= 1 logged value.")
+        if not 0 < self.collapse_accuracy_drop <= 1:
+            raise ValueError(f"collapse_accuracy_drop={self.collapse_accuracy_drop} must be in (0, 1].")
+        if self.collapse_reward_drop <= 0:
+            raise ValueError(f"collapse_reward_drop={self.collapse_reward_drop} must be > 0 (reward stds).")
+        if not 0 < self.collapse_length_ratio < 1:
+            raise ValueError(f"collapse_length_ratio={self.collapse_length_ratio} must be in (0, 1).")
         if self.eval_num_candidates < 2:
             raise ValueError(f"eval_num_candidates={self.eval_num_candidates} must be >= 2 (target + distractors).")
 

@@ -25,6 +25,7 @@ from ..rewards import build_reward_model, check_reward_model_matches, describe_r
 from ..rewards.distributed import gather_objects, gather_rows
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
 from .batch import INDEX_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
+from .callbacks import CollapseAlarmCallback
 from .collator import DiscriTuneCollator
 from .discritune_config import DiscriTuneConfig
 from .embedding_cache import cache_frozen_embeddings, policy_caches_image_features
@@ -61,6 +62,10 @@ class DiscriTuneTrainer(Trainer):
             `DiscriTuneBatch` (or a dict of its fields).
         callbacks, optimizers: as in `transformers.Trainer`.
         peft_config: a `peft.PeftConfig`; the policy is wrapped with `peft.get_peft_model` and only adapters train.
+
+    Attributes:
+        collapse_alarm: the `CollapseAlarmCallback` watching the training logs (`None` with `collapse_alarm=False`);
+            its `alarms` list what it warned of.
     """
 
     _tag_names = ["trl", "discritune", "image-captioning", "reinforce"]
@@ -109,6 +114,16 @@ class DiscriTuneTrainer(Trainer):
         )
         self._check_distractors()
         self._check_best_model_metric()
+        self.collapse_alarm = None
+        if args.collapse_alarm:
+            self.collapse_alarm = CollapseAlarmCallback(
+                window=args.collapse_window,
+                accuracy_drop=args.collapse_accuracy_drop,
+                reward_drop=args.collapse_reward_drop,
+                length_ratio=args.collapse_length_ratio,
+                stop=args.stop_on_collapse,
+            )
+            self.add_callback(self.collapse_alarm)
         self.reward_model.to(self.accelerator.device).eval()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
