@@ -241,6 +241,44 @@ def test_several_evaluation_sets_are_reported_by_name_and_can_pick_the_best_mode
     assert metrics["eval_in_domain_num_candidates"] == 12 and metrics["eval_shifted_num_candidates"] == 10
 
 
+def test_evaluate_can_report_greedy_p_at_1_beside_beam_search(tmp_path):
+    eval_set = image_dataset(12, seed=3)
+    metrics = make_trainer(tmp_path, eval_report_greedy=True).evaluate(eval_set)  # eval_num_beams=2
+    greedy = make_trainer(tmp_path, eval_num_beams=1).evaluate(eval_set)
+    assert metrics["eval_greedy_p_at_1"] == greedy["eval_p_at_1"]
+    assert metrics["eval_greedy_caption_mean_words"] == greedy["eval_caption_mean_words"]
+    assert metrics["eval_p_at_1"] == make_trainer(tmp_path).evaluate(eval_set)["eval_p_at_1"]  # beam unchanged
+
+    with pytest.raises(ValueError, match="shifted_greedy_p_at_1"):  # not reported without eval_report_greedy
+        DiscriTuneTrainer(
+            model=tiny_clipcap_policy(seed=0),
+            reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
+            args=make_config(
+                tmp_path,
+                eval_strategy="steps",
+                save_strategy="steps",
+                load_best_model_at_end=True,
+                metric_for_best_model="shifted_greedy_p_at_1",
+            ),
+            train_dataset=image_dataset(8),
+            eval_dataset={"in_domain": eval_set, "shifted": image_dataset(10, seed=4)},
+        )
+    DiscriTuneTrainer(
+        model=tiny_clipcap_policy(seed=0),
+        reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
+        args=make_config(
+            tmp_path,
+            eval_strategy="steps",
+            save_strategy="steps",
+            load_best_model_at_end=True,
+            metric_for_best_model="shifted_greedy_p_at_1",
+            eval_report_greedy=True,
+        ),
+        train_dataset=image_dataset(8),
+        eval_dataset={"in_domain": eval_set, "shifted": image_dataset(10, seed=4)},
+    )
+
+
 def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.train()

@@ -383,7 +383,8 @@ class DiscriTuneTrainer(Trainer):
         candidates (the target and random evaluation images drawn with `eval_seed`: the paper's protocol).
 
         A dict of datasets (e.g. `{"in_domain": ..., "shifted": ...}`, the paper's cross-domain evaluation) is
-        evaluated set by set, each set's metrics prefixed with its name (`eval_shifted_p_at_1`).
+        evaluated set by set, each set's metrics prefixed with its name (`eval_shifted_p_at_1`). With
+        `eval_report_greedy`, greedy captions are evaluated too, under `<prefix>_greedy_*` (`eval_greedy_p_at_1`).
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
@@ -395,7 +396,16 @@ class DiscriTuneTrainer(Trainer):
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        texts, text_embeds, image_embeds = self.caption_dataset(dataset, description="Evaluating")
+        metrics = self._retrieval_metrics(*self.caption_dataset(dataset, description="Evaluating"), metric_key_prefix)
+        if self.args.eval_report_greedy:  # the training decoding, beside the evaluation's beam search
+            greedy = self.caption_dataset(dataset, num_beams=1, description="Evaluating (greedy)")
+            metrics.update(self._retrieval_metrics(*greedy, f"{metric_key_prefix}_greedy"))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _retrieval_metrics(self, texts, text_embeds, image_embeds, metric_key_prefix: str) -> dict[str, float]:
+        """P@1 among `eval_num_candidates` candidates and caption statistics, named `<metric_key_prefix>_*`."""
         num_candidates = min(self.args.eval_num_candidates, len(texts))
         if num_candidates < self.args.eval_num_candidates:
             logger.warning(
@@ -406,15 +416,12 @@ class DiscriTuneTrainer(Trainer):
                 num_candidates,
             )
         p_at_1 = precision_at_1(text_embeds, image_embeds, num_candidates=num_candidates, seed=self.args.eval_seed)
-        metrics = {
+        return {
             f"{metric_key_prefix}_p_at_1": 100.0 * p_at_1,
             f"{metric_key_prefix}_num_candidates": float(num_candidates),
             f"{metric_key_prefix}_caption_mean_words": sum(len(t.split()) for t in texts) / max(1, len(texts)),
             f"{metric_key_prefix}_empty_captions": float(sum(not t.strip() for t in texts)),
         }
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
     # ------------------------------------------------------------------ checkpoints and the Hub
 
@@ -487,6 +494,8 @@ class DiscriTuneTrainer(Trainer):
         if not self.args.load_best_model_at_end or metric is None or not isinstance(self.eval_dataset, dict):
             return
         names = [f"{name}_p_at_1" for name in self.eval_dataset]
+        if self.args.eval_report_greedy:
+            names += [f"{name}_greedy_p_at_1" for name in self.eval_dataset]
         if metric.removeprefix("eval_") not in names:
             raise ValueError(
                 f"metric_for_best_model={metric!r}, but with several evaluation datasets evaluate() reports "

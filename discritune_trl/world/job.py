@@ -3,22 +3,38 @@
 `examples/finetune_clipcap.py` with no `--dataset_name` calls :func:`run_world_job`. It uses the unchanged
 `DiscriTuneTrainer`; only the hyper-parameters differ from the paper's (small models learn at larger learning
 rates in few steps): :data:`WORLD_TRAINING_DEFAULTS`, applied to every field the command line did not set.
+
+With `eval_strategy` set (e.g. `--eval_strategy steps --eval_steps 50 --eval_on_start --save_strategy steps
+--save_steps 50 --load_best_model_at_end`), the job holds out the last :data:`WORLD_VALIDATION_IMAGES` training
+images as a validation split, evaluates retrieval P@1 on it, and keeps the best policy (the initial policy when no
+checkpoint beats it), so that a run that collapses late (the collapse alarm warns of it) does not end with the
+collapsed policy. Training decodes greedily and the evaluation uses beam search: the report gives P@1 for both.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import logging
 import os
 import time
 from typing import Any
 
-from ..evaluation.retrieval import encode_captions
+import datasets
+
+from ..evaluation.retrieval import encode_captions, precision_at_1
 from ..trainer import DiscriTuneConfig, DiscriTuneTrainer
 from ..trainer.model_card import write_model_card
 from .build import WorldConfig, load_or_build_world
 from .report import plot_caption_grid, plot_training_curves, results_markdown, split_results, write_results
 
 
+logger = logging.getLogger(__name__)
+
 TEST_SPLITS = ("in_domain", "shifted")
+
+# Training images held out as the validation split that selects the checkpoint.
+WORLD_VALIDATION_IMAGES = 500
 
 # DiscriTune's settings for the world (docs/world.md says how they were chosen). Paper values otherwise:
 # greedy decoding, running-mean baseline, log-prob reward, in-batch distractors, constant learning rate.
@@ -48,6 +64,7 @@ def run_world_job(
     cache_dir: str | None = None,
     start: float | None = None,
     world_config: WorldConfig | None = None,
+    validation_images: int = WORLD_VALIDATION_IMAGES,
 ) -> dict[str, Any]:
     """Build or load the world, run DiscriTune, evaluate both test splits before and after, write the report.
 
@@ -60,28 +77,31 @@ def run_world_job(
         cache_dir: where worlds are cached (default: `default_cache_dir()`).
         start: the job's start time, for `runtime_seconds` (default: now).
         world_config: which world (default: `WorldConfig()`, the documented one).
+        validation_images: training images held out to select the checkpoint on (used when `args.eval_strategy`
+            is not `"no"`).
     """
     start = time.time() if start is None else start
     apply_world_defaults(args, given_flags)
     world = load_or_build_world(cache_dir, world_config)
     data = world.load_dataset()
+    train, validation = data["train"], None
+    if args.eval_strategy != "no":  # select the checkpoint on held-out training images
+        train, validation = split_validation(data["train"], validation_images)
     retriever = world.load_retriever()
     # The trainer builds the reward model from `args` (build_reward_model), with num_hard_negatives > 0 mining
     # distractors among the training images (Appendix D.2), as the examples do.
     trainer = DiscriTuneTrainer(
-        model=world.load_captioner(), reward_model=retriever, args=args, train_dataset=data["train"]
+        model=world.load_captioner(), reward_model=retriever, args=args, train_dataset=train, eval_dataset=validation
     )
-    before = {
-        split: trainer.caption_dataset(data[split], description=f"Captioning {split}, before") for split in TEST_SPLITS
-    }
+    before = {split: _caption(trainer, data[split], f"{split}, before") for split in TEST_SPLITS}
     trainer.train()
-    after = {
-        split: trainer.caption_dataset(data[split], description=f"Captioning {split}, after") for split in TEST_SPLITS
-    }
+    selection = _keep_the_initial_policy_if_best(trainer, world) if validation is not None else None
+    after = {split: _caption(trainer, data[split], f"{split}, after") for split in TEST_SPLITS}
 
     results: dict[str, Any] = {}
     for split in TEST_SPLITS:
-        (before_texts, before_embeds, image_embeds), (after_texts, after_embeds, _) = before[split], after[split]
+        (before_texts, before_embeds, image_embeds) = before[split]["beam"]
+        (after_texts, after_embeds, _) = after[split]["beam"]
         references = data[split]["captions"]
         texts = {
             "before": before_texts,
@@ -98,11 +118,32 @@ def run_world_job(
         results[split] = split_results(
             texts, text_embeds, image_embeds.cpu(), references, args.eval_num_candidates, args.eval_seed
         )
+        # Training decodes greedily, the evaluation with beam search: both, so that a gap between them shows.
+        results[split]["greedy_p_at_1"] = {
+            name: 100.0
+            * precision_at_1(
+                captioned["greedy"][1],
+                image_embeds.cpu(),
+                min(args.eval_num_candidates, len(image_embeds)),
+                seed=args.eval_seed,
+            )
+            for name, captioned in (("before", before[split]), ("after", after[split]))
+        }
+    results["selection"] = selection
+    alarms = trainer.collapse_alarm.alarms if trainer.collapse_alarm is not None else []
+    results["collapse_alarms"] = [dataclasses.asdict(alarm) for alarm in alarms]
+    watched = ("reward/mean", "retrieval/accuracy", "caption/mean_length")
+    results["training_curves"] = [
+        {"step": entry["step"], **{name: entry[name] for name in watched}}
+        for entry in trainer.state.log_history
+        if "reward/mean" in entry
+    ]
     results["runtime_seconds"] = time.time() - start
     results["world"] = world.root
     results["training"] = {
-        name: getattr(args, name) for name in sorted(WORLD_TRAINING_DEFAULTS) if name != "report_to"
+        name: _plain(getattr(args, name)) for name in sorted(WORLD_TRAINING_DEFAULTS) if name != "report_to"
     }
+    results["training"]["validation_images"] = len(validation) if validation is not None else 0
 
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
@@ -120,8 +161,8 @@ def run_world_job(
         grid = [("in_domain", i) for i in range(8)] + [("shifted", i) for i in range(4)]
         paths["captions"] = plot_caption_grid(
             [data[split][i]["image"] for split, i in grid],
-            [before[split][0][i] for split, i in grid],
-            [after[split][0][i] for split, i in grid],
+            [before[split]["beam"][0][i] for split, i in grid],
+            [after[split]["beam"][0][i] for split, i in grid],
             os.path.join(args.output_dir, "captions_before_after.png"),
         )
         print(results_markdown(results))
@@ -129,3 +170,47 @@ def run_world_job(
         for name, path in paths.items():
             print(f"{name:>9}: {path}")
     return results
+
+
+def split_validation(train: datasets.Dataset, size: int = WORLD_VALIDATION_IMAGES):
+    """`(train, validation)`: the last `size` training images held out (the world's images are independent draws)."""
+    if len(train) <= size:
+        raise ValueError(f"The world's training split has {len(train)} images; holding out {size} leaves none.")
+    return train.select(range(len(train) - size)), train.select(range(len(train) - size, len(train)))
+
+
+def _caption(trainer: DiscriTuneTrainer, dataset: datasets.Dataset, description: str) -> dict[str, tuple]:
+    """`{"beam": (texts, text_embeds, image_embeds), "greedy": (...)}`: the dataset captioned with the evaluation's
+    `eval_num_beams` and greedily (the training decoding), embeddings on the CPU."""
+    captioned = {}
+    for name, num_beams in (("beam", trainer.args.eval_num_beams), ("greedy", 1)):
+        texts, text_embeds, image_embeds = trainer.caption_dataset(
+            dataset, num_beams=num_beams, description=f"Captioning {description} ({name})"
+        )
+        captioned[name] = (texts, text_embeds.cpu(), image_embeds.cpu())
+    return captioned
+
+
+def _keep_the_initial_policy_if_best(trainer: DiscriTuneTrainer, world) -> dict[str, Any]:
+    """After `load_best_model_at_end`: if the evaluation at the start beat every checkpoint (the Trainer never
+    selects the start), put the initial policy back. Returns the validation P@1 per step and the step kept."""
+    metric = f"eval_{trainer.args.metric_for_best_model.removeprefix('eval_')}"
+    curve = {int(entry["step"]): entry[metric] for entry in trainer.state.log_history if metric in entry}
+    kept = trainer.state.best_global_step if trainer.args.load_best_model_at_end else trainer.state.global_step
+    if trainer.args.load_best_model_at_end and len(curve) > 1 and 0 in curve and curve[0] >= max(curve.values()):
+        logger.warning(
+            "No checkpoint beat the initial policy on the validation split (%s %.1f at the start, best checkpoint "
+            "%s): keeping the initial policy.",
+            metric,
+            curve[0],
+            max((value for step, value in curve.items() if step > 0), default=float("nan")),
+        )
+        initial = world.load_captioner().to(trainer.accelerator.device)
+        trainer.accelerator.unwrap_model(trainer.model).load_state_dict(initial.state_dict())
+        kept = 0
+    return {"metric": metric, "validation": curve, "kept_step": kept}
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON holds it (Trainer's enums are `str` subclasses)."""
+    return value.value if isinstance(value, enum.Enum) else value

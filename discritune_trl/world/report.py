@@ -81,6 +81,18 @@ def results_markdown(results: dict[str, Any]) -> str:
         for name in ("before", "after", "human")
     }
     candidates = results[splits[0]]["num_candidates"]
+    decodings = []
+    if all("greedy_p_at_1" in results[split] for split in splits):
+        by_decoding = {
+            f"{ROW_TITLES[name]}, {label}": {SPLIT_TITLES[split]: results[split][key][name] for split in splits}
+            for name in ("before", "after")
+            for label, key in (("beam search", "p_at_1"), ("greedy", "greedy_p_at_1"))
+        }
+        decodings = [
+            "P@1 by decoding: training decodes greedily, the evaluation above with beam search.",
+            "",
+            markdown_table(by_decoding, scale=1.0, digits=1),
+        ]
     return "\n".join(
         [
             "# DiscriTune on the embedded world",
@@ -88,6 +100,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"## Text-to-image retrieval P@1 with {candidates} candidates (Table 1 layout)",
             "",
             markdown_table(retrieval, scale=1.0, digits=1),
+            *decodings,
+            *_training_notes(results),
             "## Caption quality against the reference captions (Tables 2-3 layout)",
             "",
             markdown_metric_blocks(quality, columns=("bleu_4", "cider"), scale=1.0, digits=2, heading_level=3),
@@ -98,6 +112,26 @@ def results_markdown(results: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def _training_notes(results: dict[str, Any]) -> list[str]:
+    """The checkpoint kept and the collapse alarms, as lines of `results.md`."""
+    lines = []
+    selection = results.get("selection")
+    if selection:
+        curve = ", ".join(f"{step}: {value:.1f}" for step, value in sorted(selection["validation"].items()))
+        lines += [
+            f"Checkpoint kept: step {selection['kept_step']}, the best validation {selection['metric']} "
+            f"(per step: {curve}).",
+            "",
+        ]
+    for alarm in results.get("collapse_alarms", []):
+        lines += [
+            f"Collapse alarm at step {alarm['step']}: {alarm['metric']} {alarm['value']:.3f}, running level "
+            f"{alarm['level']:.3f}.",
+            "",
+        ]
+    return lines
 
 
 def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str:
