@@ -66,7 +66,7 @@ SETTINGS: dict[str, dict] = {
     "lr-1e-5-selected": {"learning_rate": 1e-5},
 }
 SETTING_NOTES = {
-    "defaults": "the main job: learning rate 2e-5, no gradient clipping, checkpoint selected on validation P@1",
+    "defaults": "the main job as it is (`WORLD_TRAINING_DEFAULTS`)",
     "previous-defaults": "before this table: gradient norm clipped at 1.0, the last step's policy kept",
     "no-clip-last-step": "no clipping (the paper), the last step's policy kept",
     "clip-1-selected": "gradient norm clipped at 1.0, checkpoint selected on validation P@1",
