@@ -66,8 +66,9 @@ SETTINGS: dict[str, dict] = {
     "lr-1e-5-selected": {"learning_rate": 1e-5},
 }
 SETTING_NOTES = {
-    "defaults": "the main job as it is (`WORLD_TRAINING_DEFAULTS`)",
-    "previous-defaults": "before this table: gradient norm clipped at 1.0, the last step's policy kept",
+    "defaults": "the main job: learning rate 2e-5, no gradient clipping, checkpoint selected on validation P@1",
+    "previous-defaults": "the main job before this table: gradient norm clipped at 1.0, trained on all 10,000 "
+    "training images, the last step's policy kept",
     "no-clip-last-step": "no clipping (the paper), the last step's policy kept",
     "clip-1-selected": "gradient norm clipped at 1.0, checkpoint selected on validation P@1",
     "lr-1e-5-selected": "learning rate 1e-5, no clipping, checkpoint selected on validation P@1",
@@ -191,10 +192,18 @@ def run_regimes(options: argparse.Namespace) -> None:
                 outcomes[cell] = json.load(handle)
     command = " ".join(["python benchmarks/world_ablations.py", *(a for a in sys.argv[1:] if a != "--report_only")])
     seconds = time.time() - start if not options.report_only else _seconds_taken(outcomes)
-    text = regimes_report(outcomes, options, command, seconds)
+    text = regimes_report(outcomes, options, command, seconds, None if options.report_only else _machine())
     write_section(options.report, REGIMES_MARKERS, text)
     plot_regime_curves(outcomes, options, os.path.join(os.path.dirname(options.report), "world_regimes.png"))
     print(text)
+
+
+def _machine() -> str:
+    """Where the runs trained: the GPU (the trainer uses one when there is one) or the CPU, and torch's version."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    return f"{device}, torch {torch.__version__}"
 
 
 def _seconds_taken(outcomes: dict) -> float:
@@ -202,11 +211,14 @@ def _seconds_taken(outcomes: dict) -> float:
     return max((result["runtime_seconds"] for result in outcomes.values()), default=0.0)
 
 
-def regimes_report(outcomes: dict, options: argparse.Namespace, command: str, seconds: float) -> str:
+def regimes_report(
+    outcomes: dict, options: argparse.Namespace, command: str, seconds: float, machine: str | None = None
+) -> str:
+    where = f" on {machine}" if machine else ""
     lines = [
         "## Regimes: from a vague, a mixed and a good captioner",
         "",
-        f"Made by `{command}` ({len(outcomes)} runs in {seconds / 60:.0f} min, {options.jobs} at a time; "
+        f"Made by `{command}` ({len(outcomes)} runs in {seconds / 60:.0f} min{where}, {options.jobs} at a time; "
         "curves: [world_regimes.png](world_regimes.png)).",
         "Worlds `WorldConfig.from_seed(0, regime)`: the same images and retriever, human captions descriptive 20% "
         "(vague, the default world), 40% (mixed) or 70% (good). Each run is the main job with the setting's "

@@ -16,6 +16,15 @@ def test_world_defaults_never_override_what_the_user_set(tmp_path):
     assert args.max_steps == WORLD_TRAINING_DEFAULTS["max_steps"]
 
 
+def test_the_main_job_selects_its_checkpoint_on_validation_and_clips_nothing(tmp_path):
+    args = DiscriTuneConfig(output_dir=str(tmp_path))
+    assert args.max_grad_norm == 0.0  # the paper clips nothing (benchmarks/world_ablations.md: clipping did not help)
+    apply_world_defaults(args)
+    assert (args.eval_strategy, args.eval_steps, args.eval_on_start) == ("steps", 50, True)
+    assert (args.save_strategy, args.save_steps) == ("steps", 50)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "p_at_1" and args.greater_is_better
+
+
 def test_tiny_world_job_writes_a_well_formed_report(tmp_path):
     output_dir = tmp_path / "out"
     args = DiscriTuneConfig(
