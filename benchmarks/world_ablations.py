@@ -251,8 +251,8 @@ def regimes_report(
                     ]
                     change = beam["after"] - beam["before"]
                     worst[(setting, split)] = min(worst.get((setting, split), change), change)
-                colour = f"{100 * result['in_domain']['color_word_rate']['after']:.0f}% / "
-                colour += f"{100 * result['shifted']['color_word_rate']['after']:.0f}%"
+                color = f"{100 * result['in_domain']['color_word_rate']['after']:.0f}% / "
+                color += f"{100 * result['shifted']['color_word_rate']['after']:.0f}%"
                 kept = result["selection"]["kept_step"] if result.get("selection") else "last"
                 accuracy = [entry["retrieval/accuracy"] for entry in result["training_curves"]]
                 peak = accuracy.index(max(accuracy)) if accuracy else 0
@@ -262,7 +262,7 @@ def regimes_report(
                     for alarm in result["collapse_alarms"]
                 )
                 lines.append(
-                    f"| {regime} | {seed} | {setting} | {' | '.join(cells)} | {colour} | {kept} | {curve} | "
+                    f"| {regime} | {seed} | {setting} | {' | '.join(cells)} | {color} | {kept} | {curve} | "
                     f"{alarms or 'none'} |"
                 )
     lines += ["", "Worst change of beam-5 P@1 (after - before) over regimes and seeds, in points:", ""]

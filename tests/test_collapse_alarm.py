@@ -19,7 +19,7 @@ COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"
 
 
 @pytest.fixture(scope="module")
-def colour_namer():
+def color_namer():
     """A tiny ClipCap taught by maximum likelihood to name the colour of solid images ("a red square."): a good
     captioner for `ColorRetriever`, the start of the paper's regime."""
     torch.manual_seed(0)
@@ -65,8 +65,8 @@ def training_logs(trainer) -> list[dict]:
     return [entry for entry in trainer.state.log_history if "reward/mean" in entry]
 
 
-def test_the_alarm_fires_on_a_run_driven_to_collapse(colour_namer, tmp_path, caplog):
-    trainer = discritune(colour_namer, tmp_path, learning_rate=1.0)  # Adam at 1.0 wrecks the captioner at once
+def test_the_alarm_fires_on_a_run_driven_to_collapse(color_namer, tmp_path, caplog):
+    trainer = discritune(color_namer, tmp_path, learning_rate=1.0)  # Adam at 1.0 wrecks the captioner at once
     with caplog.at_level(logging.WARNING):
         trainer.train()
     logs = training_logs(trainer)
@@ -85,8 +85,8 @@ def test_the_alarm_fires_on_a_run_driven_to_collapse(colour_namer, tmp_path, cap
     assert trainer.state.global_step == 8  # warned, not stopped
 
 
-def test_the_alarm_is_silent_on_a_stable_run(colour_namer, tmp_path, caplog):
-    trainer = discritune(colour_namer, tmp_path, learning_rate=1e-5)
+def test_the_alarm_is_silent_on_a_stable_run(color_namer, tmp_path, caplog):
+    trainer = discritune(color_namer, tmp_path, learning_rate=1e-5)
     with caplog.at_level(logging.WARNING):
         trainer.train()
     logs = training_logs(trainer)
@@ -95,14 +95,14 @@ def test_the_alarm_is_silent_on_a_stable_run(colour_namer, tmp_path, caplog):
     assert "collapse" not in caplog.text
 
 
-def test_stop_on_collapse_stops_training_at_the_alarm(colour_namer, tmp_path):
-    trainer = discritune(colour_namer, tmp_path, learning_rate=1.0, stop_on_collapse=True)
+def test_stop_on_collapse_stops_training_at_the_alarm(color_namer, tmp_path):
+    trainer = discritune(color_namer, tmp_path, learning_rate=1.0, stop_on_collapse=True)
     trainer.train()
     assert trainer.state.global_step == 2 == trainer.collapse_alarm.alarms[0].step
 
 
-def test_the_alarm_can_be_switched_off(colour_namer, tmp_path):
-    trainer = discritune(colour_namer, tmp_path, learning_rate=1.0, collapse_alarm=False, max_steps=2)
+def test_the_alarm_can_be_switched_off(color_namer, tmp_path):
+    trainer = discritune(color_namer, tmp_path, learning_rate=1.0, collapse_alarm=False, max_steps=2)
     assert trainer.collapse_alarm is None
     assert not any(isinstance(callback, CollapseAlarmCallback) for callback in trainer.callback_handler.callbacks)
 
