@@ -392,7 +392,10 @@ def test_streaming_datasets_train_and_evaluate_without_a_cache(tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
     def loss_and_gradients(**overrides):
-        trainer = make_trainer(tmp_path / str(len(overrides)), max_steps=1, **overrides)
+        # Both two-pass: gradient checkpointing rules out the one-pass step (tests/test_one_pass.py).
+        trainer = make_trainer(
+            tmp_path / str(len(overrides)), max_steps=1, logprobs_from_generation="false", **overrides
+        )
         if overrides:
             trainer.model.gradient_checkpointing_enable()  # what train() does with gradient_checkpointing=True
         trainer.model.train()

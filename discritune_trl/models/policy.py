@@ -52,12 +52,16 @@ class CaptionOutput(ModelOutput):
             The decoded captions, special tokens removed and whitespace stripped.
         stopped (`torch.BoolTensor` of shape `[B]`):
             True where the caption ended on a stop token, False where it ran into `max_new_tokens`.
+        token_log_probs (`torch.FloatTensor` of shape `[B, T]`, *optional*):
+            Only from `generate_with_log_probs`: the fp32 log-probability of each caption token under the policy,
+            taken from the decoding pass itself, with gradients; zero after the caption.
     """
 
     sequences: torch.LongTensor | None = None
     caption_mask: torch.LongTensor | None = None
     texts: list[str] | None = None
     stopped: torch.BoolTensor | None = None
+    token_log_probs: torch.FloatTensor | None = None
 
 
 def full_stop_token_ids(
@@ -167,6 +171,67 @@ def captions_per_image(caption_ids: torch.Tensor, caption_mask: torch.Tensor, nu
             "the captions of an image consecutive)."
         )
     return num_captions // num_images
+
+
+def decode_with_log_probs(
+    next_logits: Callable[[torch.LongTensor | None], torch.Tensor],
+    *,
+    max_new_tokens: int,
+    stop_token_ids: Iterable[int],
+    pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Greedy or sampled decoding that keeps the gradient of each chosen token's log-probability.
+
+    The same tokens as `GenerationMixin.generate` (greedy: the argmax; sampled: `torch.multinomial` over the
+    temperature / top-k / top-p warped distribution, drawn in the same order), the same stopping (a row that emitted a
+    stop token continues with `pad_token_id`; decoding ends when every row has stopped or after `max_new_tokens`), and
+    the log-probabilities of the *unwarped* distribution, as the teacher-forced pass computes them.
+
+    Args:
+        next_logits: `tokens -> [N, V]` logits of the next token: `None` on the first call (the image conditioning
+            only), then the `[N]` tokens just chosen. It keeps its own KV cache, with gradients.
+        max_new_tokens, stop_token_ids, pad_token_id: as in `generate_captions`.
+        do_sample, temperature, top_k, top_p: sampling, as in `generate_captions`.
+
+    Returns:
+        `(generated_ids [N, T], token_log_probs [N, T])`; turn the ids into a `CaptionOutput` with
+        :func:`captions_from_generated` (the log-probs after the stop token are then masked out).
+    """
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if do_sample:  # generate's order: temperature, top-k, top-p
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+    tokens, log_probs, unfinished = [], [], None
+    logits = next_logits(None)  # [N, V]
+    stop_token_ids = torch.as_tensor(list(stop_token_ids), device=logits.device)
+    for _ in range(max_new_tokens):
+        scores = logits.detach().float()  # [N, V]
+        if do_sample:
+            empty_prefix = scores.new_zeros((scores.shape[0], 0), dtype=torch.long)
+            probs = torch.softmax(warpers(empty_prefix, scores), dim=-1)
+            chosen = torch.multinomial(probs, num_samples=1).squeeze(1)  # [N]
+        else:
+            chosen = scores.argmax(dim=-1)  # [N]
+        if unfinished is None:
+            unfinished = torch.ones_like(chosen)
+        chosen = chosen * unfinished + pad_token_id * (1 - unfinished)
+        tokens.append(chosen)
+        log_probs.append(gather_token_log_probs(logits.unsqueeze(1), chosen.unsqueeze(1)).squeeze(1))  # [N]
+        unfinished = unfinished * (~torch.isin(chosen, stop_token_ids)).long()
+        if len(tokens) == max_new_tokens or not unfinished.any():
+            break
+        logits = next_logits(chosen)
+    return torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1)
 
 
 LOG_PROB_CHUNK_ROWS = 8  # rows of `[B, T, V]` logits turned into fp32 at a time by `gather_token_log_probs`
@@ -294,12 +359,17 @@ class CaptioningPolicy:
             image encoder trains or cannot run apart from the text model; `encode_images` then returns the pixels.
         supports_beam_search (`bool`, defaults to `True`): whether `generate_captions` accepts `num_beams > 1`. A
             greedy-only policy sets `False`; evaluation (`eval_num_beams`) then decodes greedily, with one warning.
+        supports_log_probs_from_generation (`bool`, defaults to `False`): whether the policy implements
+            `generate_with_log_probs` (greedy or sampled decoding *with* gradients, returning the caption tokens'
+            log-probabilities), so the trainer can skip the second, teacher-forced pass
+            (`DiscriTuneConfig.logprobs_from_generation`).
         tokenizer (*optional*): the tokenizer, saved and loaded with the policy when set.
         image_processor (*optional*): the image processor, saved and loaded with the policy when set.
     """
 
     caches_image_features: bool = True
     supports_beam_search: bool = True
+    supports_log_probs_from_generation: bool = False
     tokenizer: Any = None
     image_processor: Any = None
 
@@ -352,6 +422,31 @@ class CaptioningPolicy:
         `CaptionOutput.texts` is exactly what the retriever reads.
         """
         raise NotImplementedError
+
+    def generate_with_log_probs(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 40,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+    ) -> CaptionOutput:
+        """Greedy or sampled captions *with* the log-probabilities of their tokens, from the decoding pass itself.
+
+        The same captions as `generate_captions` with the same arguments (and random state), and `token_log_probs`
+        (`[B * G, T]`, fp32, with gradients) equal to `caption_log_probs(..., reduction="none")` of those captions:
+        the teacher-forced pass is not needed. Runs in the policy's current mode, with gradients: the trainer calls it
+        only when no dropout is active. Reached through `forward(..., decode=True)` so that DDP sees it. Policies that
+        implement it set `supports_log_probs_from_generation = True` (the loop is :func:`decode_with_log_probs`).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement generate_with_log_probs; set logprobs_from_generation='false' "
+            "(the trainer then takes the log-probs from a second, teacher-forced pass)."
+        )
 
     @contextlib.contextmanager
     def generation_mode(self) -> Iterator[None]:
@@ -420,15 +515,22 @@ class CaptioningPolicy:
         caption_ids: torch.LongTensor | None = None,
         caption_mask: torch.LongTensor | None = None,
         log_prob_reduction: str | None = None,
+        decode: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """The log-prob pass when `caption_ids` is given, else :meth:`captioning_forward`.
+        """The log-prob pass when `caption_ids` is given, decoding with log-probs when `decode=True`, else
+        :meth:`captioning_forward`.
 
         `DiscriTuneTrainer` calls `model(pixel_values | image_embeds, caption_ids=, caption_mask=,
         log_prob_reduction=)` so that DDP / FSDP / DeepSpeed wrappers see the pass with gradients (a method called on
         the unwrapped model would skip their gradient synchronisation); that returns :meth:`caption_log_probs`
-        (`reduction=log_prob_reduction`, `"mean"` when None).
+        (`reduction=log_prob_reduction`, `"mean"` when None). With `decode=True` (and the generation keyword
+        arguments: `max_new_tokens`, `do_sample`, ...) it returns :meth:`generate_with_log_probs`, the one-pass step.
         """
+        if decode:
+            if caption_ids is not None:
+                raise ValueError("Pass either decode=True (captions are decoded) or caption_ids, not both.")
+            return self.generate_with_log_probs(pixel_values=pixel_values, image_embeds=image_embeds, **kwargs)
         if caption_ids is not None:
             if caption_mask is None:
                 raise ValueError("caption_ids needs caption_mask (1 on caption tokens), as generate_captions returns.")

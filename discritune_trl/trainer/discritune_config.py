@@ -15,6 +15,7 @@ BASELINES = ("mean", "greedy", "loo", "none")
 TRAIN_DECODINGS = ("greedy", "sample", "beam")
 REWARD_TYPES = ("log_prob", "accuracy", "cosine")
 LOG_PROB_REDUCTIONS = ("mean", "sum")
+LOGPROBS_FROM_GENERATION = ("auto", "true", "false")
 
 
 @dataclass
@@ -105,6 +106,16 @@ class DiscriTuneConfig(TrainingArguments):
             Weight of a KL penalty to the frozen initial policy (per-token k3 estimator). `0` keeps no reference model.
         whiten_advantages (`bool`, *optional*, defaults to `False`):
             Divide advantages by the batch reward standard deviation. Off in the paper.
+        logprobs_from_generation (`str` or `bool`, *optional*, defaults to `"auto"`):
+            Where the caption log-probabilities come from. `"true"`: the one-pass step, which decodes the training
+            captions *with* gradients through the KV cache and takes their log-probabilities from that pass (as SCST
+            implementations do), so the second, teacher-forced forward pass disappears; same loss and gradients
+            (tested at fp32 tolerance), the graph of every decoding step held until the backward pass. Needs
+            `train_decoding` `"greedy"` or `"sample"`, a policy with `supports_log_probs_from_generation` (ClipCap),
+            no active dropout and no gradient checkpointing; otherwise the trainer raises. `"false"`: decode without
+            gradients, then one teacher-forced pass (the two-pass step; beam-search training always uses it).
+            `"auto"`: the one-pass step where it applies and was measured faster (see `docs/throughput.md`), else the
+            two-pass step; the trainer logs which it uses. `True`/`False` are accepted for `"true"`/`"false"`.
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Switch off the policy's dropout, so that the teacher-forced log-probabilities are those of the policy
             that decoded the captions (generation always runs without dropout).
@@ -216,6 +227,14 @@ class DiscriTuneConfig(TrainingArguments):
     )
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty weight to the frozen initial policy."})
     whiten_advantages: bool = field(default=False, metadata={"help": "Divide advantages by the reward std."})
+    logprobs_from_generation: str = field(
+        default="auto",
+        metadata={
+            "help": "Take the log-probs from the decoding pass (one pass, true), from a second teacher-forced pass "
+            "(false), or whichever measured faster where the one pass applies (auto).",
+            "choices": LOGPROBS_FROM_GENERATION,
+        },
+    )
     disable_dropout: bool = field(default=True, metadata={"help": "Switch off the policy's dropout."})
 
     # > Evaluation and logging
@@ -261,6 +280,15 @@ class DiscriTuneConfig(TrainingArguments):
         self._check_choice("baseline", BASELINES)
         self._check_choice("reward_type", REWARD_TYPES)
         self._check_choice("log_prob_reduction", LOG_PROB_REDUCTIONS)
+        if isinstance(self.logprobs_from_generation, bool):
+            self.logprobs_from_generation = str(self.logprobs_from_generation).lower()
+        self._check_choice("logprobs_from_generation", LOGPROBS_FROM_GENERATION)
+        if self.logprobs_from_generation == "true" and self.train_decoding == "beam":
+            raise ValueError(
+                "logprobs_from_generation='true' takes the log-probs from greedy or sampled decoding, but "
+                "train_decoding='beam' (beam search re-ranks its hypotheses, so the decoding pass does not hold the "
+                "chosen caption's log-probs); use logprobs_from_generation='false' or 'auto' (the two-pass step)."
+            )
         if not 1 <= self.max_new_tokens <= MAX_CAPTION_TOKENS:
             raise ValueError(
                 f"max_new_tokens={self.max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: CLIP reads "

@@ -132,6 +132,7 @@ class DiscriTuneTrainer(Trainer):
         self._sample_captions: list[dict[str, Any]] = []
         self._num_unreadable_images = 0
         self._warned_greedy_evaluation = False
+        self._one_pass = self._use_one_pass_step()
         if args.cache_embeddings:
             self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
             self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
@@ -151,10 +152,12 @@ class DiscriTuneTrainer(Trainer):
         self._num_unreadable_images += self._global_sum(inputs.num_unreadable_images)
         policy = self.accelerator.unwrap_model(model)
         image_inputs = self._encode_policy_images(policy, inputs.policy_inputs)
-        captions = self._generate(policy, image_inputs)
+        captions = self._generate(model, policy, image_inputs)  # one-pass step: with the tokens' log-probs
         rewards, global_rewards = self._reward(captions.texts, inputs)
         advantages = self._advantages(rewards, global_rewards, policy, image_inputs, inputs)
-        token_log_probs = self._token_log_probs(model, captions, image_inputs)
+        token_log_probs = captions.token_log_probs
+        if token_log_probs is None:  # two-pass step: a teacher-forced pass with gradients
+            token_log_probs = self._token_log_probs(model, captions, image_inputs)
         log_probs = reduce_token_log_probs(token_log_probs, captions.caption_mask, self.args.log_prob_reduction)
         loss = -(advantages * log_probs).mean()
         if self.args.kl_coef > 0:
@@ -170,8 +173,10 @@ class DiscriTuneTrainer(Trainer):
             return image_inputs
         return {"image_embeds": policy.encode_images(image_inputs["pixel_values"])}
 
-    def _generate(self, policy, image_inputs: dict[str, torch.Tensor]):
-        """Training captions, without gradients: greedy (paper), sampled, or beam search."""
+    def _generate(self, model, policy, image_inputs: dict[str, torch.Tensor]):
+        """Training captions: greedy (paper), sampled, or beam search; without gradients (two-pass step), or, in the
+        one-pass step (`logprobs_from_generation`), with their tokens' log-probs through `model`'s forward (so that
+        DDP sees the pass with gradients)."""
         decoding = self.args.train_decoding
         kwargs = {"max_new_tokens": self.args.max_new_tokens}
         if decoding == "sample":
@@ -184,6 +189,9 @@ class DiscriTuneTrainer(Trainer):
             )
         elif decoding == "beam":
             kwargs.update(num_beams=self.args.num_beams)
+        if self._one_pass:
+            with self.accelerator.autocast():
+                return model(**image_inputs, decode=True, **kwargs)
         return self._caption(policy, image_inputs, **kwargs)
 
     def _caption(self, policy, image_inputs: dict[str, torch.Tensor], **generation_kwargs):
@@ -502,6 +510,37 @@ class DiscriTuneTrainer(Trainer):
                 f"{names}: pick one of those."
             )
 
+    def _use_one_pass_step(self) -> bool:
+        """Whether the step takes the log-probs from the decoding pass (`args.logprobs_from_generation`): `"true"`
+        where it applies (else a `ValueError` naming what stands in the way), `"false"` never, `"auto"` where it
+        applies and measured faster on this device and precision (`ONE_PASS_MEASURED_FASTER`)."""
+        setting = self.args.logprobs_from_generation
+        if setting == "false":
+            return False
+        policy = self.accelerator.unwrap_model(self.model)
+        obstacles = one_pass_obstacles(policy, self.args)
+        if setting == "true":
+            if obstacles:
+                raise ValueError(f"logprobs_from_generation='true' cannot apply: {'; '.join(obstacles)}.")
+            logger.info(
+                "One-pass step: caption log-probs are taken from the decoding pass (logprobs_from_generation)."
+            )
+            return True
+        precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+        faster = ONE_PASS_MEASURED_FASTER.get((self.accelerator.device.type, precision), False)
+        logger.info(
+            "logprobs_from_generation='auto': %s step on %s in %s%s.",
+            "one-pass" if faster and not obstacles else "two-pass",
+            self.accelerator.device.type,
+            precision,
+            f" ({'; '.join(obstacles)})"
+            if obstacles
+            else ""
+            if faster
+            else " (the one-pass step was not measured faster)",
+        )
+        return faster and not obstacles
+
     def _check_distractors(self) -> None:
         global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
         has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0 or self._bank_from_cache
@@ -524,6 +563,37 @@ class DiscriTuneTrainer(Trainer):
                 global_batch - 1,
                 global_batch * accumulation - 1,
             )
+
+
+# (device type, precision) -> whether the one-pass step (log-probs from the decoding pass) measured faster than the
+# two-pass step there, with `benchmarks/throughput.py` (figures in docs/throughput.md). Unlisted: two-pass.
+ONE_PASS_MEASURED_FASTER: dict[tuple[str, str], bool] = {}
+
+
+def one_pass_obstacles(policy: nn.Module, args: DiscriTuneConfig) -> list[str]:
+    """What keeps the one-pass step (`logprobs_from_generation`) from giving the two-pass step's loss and gradients
+    for this policy and config, each with its fix; empty when it applies."""
+    obstacles = []
+    if args.train_decoding == "beam":
+        obstacles.append("train_decoding='beam' keeps the two-pass step (use 'greedy' or 'sample')")
+    if not getattr(policy, "supports_log_probs_from_generation", False):
+        obstacles.append(
+            f"{type(policy).__name__} does not implement generate_with_log_probs "
+            "(supports_log_probs_from_generation=False)"
+        )
+    dropout = [
+        name
+        for name, module in policy.named_modules()
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+    ]
+    if dropout:
+        obstacles.append(
+            f"dropout is active in {dropout[:3]}{'...' if len(dropout) > 3 else ''} (captions must be decoded without "
+            "it: set disable_dropout=True)"
+        )
+    if args.gradient_checkpointing or getattr(policy, "is_gradient_checkpointing", False):
+        obstacles.append("gradient checkpointing recomputes without the KV cache (set gradient_checkpointing=False)")
+    return obstacles
 
 
 def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig, train_dataset) -> tuple[nn.Module, bool]:

@@ -7,6 +7,7 @@ frozen, so its output (`image_embeds`) can be computed once per image and passed
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -15,7 +16,7 @@ import open_clip
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, DynamicCache, GPT2LMHeadModel, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import logging
 
@@ -26,6 +27,7 @@ from ..policy import (
     CaptionOutput,
     captions_from_generated,
     check_generation_arguments,
+    decode_with_log_probs,
     expect_tied_weights_unsaved,
     full_stop_token_ids,
     hub_kwargs,
@@ -36,7 +38,8 @@ from .mappers import build_mapper
 
 logger = logging.get_logger(__name__)
 
-# CLIP's text encoder reads 77 positions, two of which are its start and end tokens.
+# transformers renamed GPT-2's `past_key_values` argument to `cache` (5.2x; the old name warns until 5.40).
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
 
 
 class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
@@ -64,6 +67,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
     config_class = ClipCapConfig
     base_model_prefix = "clipcap"
     supports_gradient_checkpointing = True  # the language model's blocks (`gradient_checkpointing=True`)
+    supports_log_probs_from_generation = True  # `generate_with_log_probs`: the one-pass training step
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = ["GPT2Block"]
@@ -366,12 +370,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         Returns:
             [`CaptionOutput`] with `B * num_return_sequences` rows, the captions of each image consecutive.
         """
-        check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
-        if self.config.prefix_length + max_new_tokens > self.config.text_config.n_positions:
-            raise ValueError(
-                f"prefix_length={self.config.prefix_length} + max_new_tokens={max_new_tokens} exceeds GPT-2's "
-                f"n_positions={self.config.text_config.n_positions}; lower max_new_tokens."
-            )
+        self._check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
         stop_token_ids = self.stop_token_ids
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
         with self.generation_mode():
@@ -389,6 +388,67 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
                 **sampling,
             )  # [B * G, T] new tokens only (no prompt ids when generating from inputs_embeds)
         return captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
+
+    def _check_generation_arguments(
+        self, max_new_tokens: int, do_sample: bool, num_beams: int, num_return_sequences: int
+    ) -> None:
+        check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
+        if self.config.prefix_length + max_new_tokens > self.config.text_config.n_positions:
+            raise ValueError(
+                f"prefix_length={self.config.prefix_length} + max_new_tokens={max_new_tokens} exceeds GPT-2's "
+                f"n_positions={self.config.text_config.n_positions}; lower max_new_tokens."
+            )
+
+    def generate_with_log_probs(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 40,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+    ) -> CaptionOutput:
+        """Greedy or sampled captions and their tokens' log-probabilities from one decoding pass, with gradients
+        through the mapper and GPT-2's KV cache (see `CaptioningPolicy.generate_with_log_probs`).
+
+        The same captions as `generate_captions(...)` when no dropout is active, and `token_log_probs` equal to the
+        teacher-forced `caption_log_probs(..., reduction="none")`. The graph holds every decoding step's activations
+        and cached keys and values until the backward pass (see `docs/throughput.md` for its memory).
+        """
+        self._check_generation_arguments(max_new_tokens, do_sample, 1, num_return_sequences)
+        prefix = self.image_conditioning(pixel_values, image_embeds)  # [B, P, E]
+        prefix = prefix.repeat_interleave(num_return_sequences, dim=0)  # [B * G, P, E]
+        cache = DynamicCache(config=self.language_model.config)
+        attention_mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)  # grows by one a step
+
+        def next_logits(tokens: torch.LongTensor | None) -> torch.Tensor:
+            nonlocal attention_mask
+            if tokens is None:  # the prefix: its last position predicts the first caption token
+                inputs = {"inputs_embeds": prefix}
+            else:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(tokens.shape[0], 1)], dim=1)
+                inputs = {"input_ids": tokens.unsqueeze(1)}
+            inputs[_CACHE_ARGUMENT] = cache
+            outputs = self.language_model(**inputs, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
+            return outputs.logits[:, -1]  # [B * G, V]
+
+        stop_token_ids = self.stop_token_ids
+        generated, token_log_probs = decode_with_log_probs(
+            next_logits,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=stop_token_ids,
+            pad_token_id=self.pad_token_id,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )  # [B * G, T] each
+        captions = captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
+        captions.token_log_probs = token_log_probs * captions.caption_mask.to(token_log_probs.dtype)
+        return captions
 
 
 AutoConfig.register(ClipCapConfig.model_type, ClipCapConfig, exist_ok=True)
