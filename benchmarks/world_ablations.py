@@ -33,8 +33,7 @@ import subprocess
 import sys
 import time
 
-from discritune_trl import DiscriTuneConfig
-from discritune_trl.world import WORLD_REGIMES, WorldConfig, run_world_job
+from discritune_trl.world import WORLD_REGIMES, WorldConfig, run_world_job, world_training_config
 
 
 # (table, row label, DiscriTuneConfig overrides, the paper's P@1 for that row)
@@ -76,8 +75,8 @@ SETTING_NOTES = {
 
 
 def run(overrides: dict, output_dir: str, cache_dir: str | None, world_config: WorldConfig | None = None) -> dict:
-    args = DiscriTuneConfig(output_dir=output_dir, disable_tqdm=True, **overrides)
-    return run_world_job(args, given_flags=set(overrides), cache_dir=cache_dir, world_config=world_config)
+    args = world_training_config(output_dir=output_dir, disable_tqdm=True, **overrides)
+    return run_world_job(args, cache_dir=cache_dir, world_config=world_config)
 
 
 def report(results: dict[str, dict], before: dict, command: str) -> str:

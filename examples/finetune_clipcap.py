@@ -22,15 +22,20 @@ Every `DiscriTuneConfig` field is a flag (`--learning_rate`, `--baseline`, `--re
 YAML file (flags on the command line win); `examples/recipes/` holds the paper's settings:
 
     accelerate launch examples/finetune_clipcap.py --config examples/recipes/clipcap_coco.yaml
+
+Without `--dataset_name` the world's settings (`discritune_trl.world.WORLD_TRAINING_DEFAULTS`) are the defaults,
+below the recipe and the flags (`--max-steps 5` means 5 steps); flags that only apply to your own data or
+checkpoints (`--clipcap_model`, the retriever flags, ...) are refused there, naming the flag.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import yaml
 from trl import TrlParser
@@ -44,6 +49,7 @@ from discritune_trl import (
 )
 from discritune_trl.models.auto import load_policy
 from discritune_trl.utils.data import load_image_dataset
+from discritune_trl.world import WORLD_TRAINING_DEFAULTS, WorldConfig, run_world_job
 
 
 DEFAULT_OUTPUT_DIR = "outputs/discritune-clipcap"
@@ -172,37 +178,86 @@ def load_eval_datasets(script_args: ScriptArguments):
     return loaded
 
 
-def flags_given(argv: list[str]) -> set[str]:
-    """Names of the fields the user set, on the command line or in the `--config` YAML, so that the embedded world's
-    defaults never override them."""
-    names = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")} - {"config"}
-    if "--config" in argv:
-        with open(argv[argv.index("--config") + 1]) as handle:
-            names |= set(yaml.safe_load(handle) or {}) - {"env"}
-    return names
+# Flags that only mean something with --dataset_name: on the embedded world they would be dropped, so they are
+# refused instead. The world trains its own ClipCap and retriever; LoRA (--use_peft) applies to its ClipCap.
+WORLD_IGNORES = (
+    "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_streaming", "max_train_samples",
+    "max_eval_samples", "cross_domain_eval", "clipcap_model", "clipcap_tokenizer", "clip_model_name",
+    "clip_pretrained", "clip_checkpoint", "retriever_model_name", "retriever_pretrained", "retriever_checkpoint",
+    "retriever_model_cfg", "retriever_transformers_model",
+)  # fmt: skip
 
 
-def parse_arguments(argv: list[str] | None = None):
-    """`(script_args, training_args, model_args, given_flags)` from the command line and `--config recipe.yaml`
-    (TRL's `TrlParser`: the YAML replaces the defaults, the command line overrides the YAML)."""
+def world_is_used(argv: list[str]) -> bool:
+    """Whether neither the command line nor the `--config` recipe names a `dataset_name`."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--dataset_name", "--dataset-name", default=None)
+    peek.add_argument("--config", default=None)
+    known, _ = peek.parse_known_args(argv)
+    if known.dataset_name is not None:
+        return False
+    if known.config is not None:
+        with open(known.config) as handle:
+            return (yaml.safe_load(handle) or {}).get("dataset_name") is None
+    return True
+
+
+def make_parser(world: bool) -> TrlParser:
+    """The parser, with the embedded world's settings as its defaults when `world` (so `--help` shows them)."""
+    world_defaults = ", ".join(f"{name}={value!r}" for name, value in WORLD_TRAINING_DEFAULTS.items())
+    parser = TrlParser(
+        (ScriptArguments, DiscriTuneConfig, ModelArguments),
+        allow_abbrev=False,
+        description=(
+            "DiscriTune a ClipCap captioner against a frozen CLIP retriever. Without --dataset_name (on the command "
+            "line or in --config) the embedded synthetic world runs (discritune_trl.world), with these defaults: "
+            f"{world_defaults}; a --config recipe and the flags override them, and flags that only apply to your "
+            "own data or checkpoints are refused. The defaults shown below are "
+            + ("the world's." if world else "the paper's (run --help without --dataset_name for the world's).")
+        ),
+    )
+    parser.set_defaults_with_config(output_dir=DEFAULT_OUTPUT_DIR, **(WORLD_TRAINING_DEFAULTS if world else {}))
+    return parser
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ScriptArguments, DiscriTuneConfig, ModelArguments]:
+    """`(script_args, training_args, model_args)` from the command line and `--config recipe.yaml` (TRL's
+    `TrlParser`: the YAML replaces the defaults, the command line overrides the YAML). Without a `dataset_name`, the
+    defaults below both are :data:`~discritune_trl.world.WORLD_TRAINING_DEFAULTS`, and a flag that cannot apply to
+    the world raises."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = TrlParser((ScriptArguments, DiscriTuneConfig, ModelArguments))
-    return (*parser.parse_args_and_config(argv), flags_given(argv))
+    world = world_is_used(argv)
+    script_args, training_args, model_args = make_parser(world).parse_args_and_config(argv)
+    if world:
+        for args in (script_args, model_args):
+            for item in fields(args):
+                value = getattr(args, item.name)
+                default = item.default_factory() if item.default is MISSING else item.default
+                if item.name in WORLD_IGNORES and value != default:
+                    raise ValueError(
+                        f"--{item.name}={value!r} does not apply to the embedded world, which runs without "
+                        "--dataset_name with its own ClipCap, retriever and splits: give --dataset_name to use it, "
+                        "or drop the flag."
+                    )
+    return script_args, training_args, model_args
 
 
 def main(
     script_args: ScriptArguments,
     training_args: DiscriTuneConfig,
     model_args: ModelArguments,
-    given_flags: set[str] | frozenset[str] = frozenset(),
+    world_config: WorldConfig | None = None,
 ) -> None:
+    """Fine-tune on `dataset_name`, or without it run the embedded world's job (`world_config`: which world)."""
     start = time.time()
-    if training_args.output_dir in (None, "trainer_output"):
-        training_args.output_dir = DEFAULT_OUTPUT_DIR
     if script_args.dataset_name is None:
-        from discritune_trl.world import run_world_job
-
-        run_world_job(training_args, given_flags, cache_dir=script_args.world_cache_dir, start=start)
+        run_world_job(
+            training_args,
+            cache_dir=script_args.world_cache_dir,
+            start=start,
+            world_config=world_config,
+            peft_config=peft_config(model_args),
+        )
         return
 
     train_dataset = load_image_dataset(

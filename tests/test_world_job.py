@@ -1,25 +1,25 @@
-"""The main job end to end on a tiny world: the report files exist and results.json is well-formed."""
+"""The main job end to end on a tiny world: the report files exist and results.json is well-formed; every flag of
+the command line is honoured on the world path, or refused by name."""
 
 import json
 import os
 
+import pytest
+
 from discritune_trl import ClipCapPolicy, DiscriTuneConfig
 from discritune_trl.testing.world import tiny_world_config
-from discritune_trl.world import WORLD_TRAINING_DEFAULTS, run_world_job
-from discritune_trl.world.job import apply_world_defaults
+from discritune_trl.world import WORLD_TRAINING_DEFAULTS, run_world_job, world_training_config
 
 
-def test_world_defaults_never_override_what_the_user_set(tmp_path):
-    args = DiscriTuneConfig(output_dir=str(tmp_path), learning_rate=3e-4)
-    apply_world_defaults(args, given_flags={"learning_rate"})
+def test_world_training_config_takes_the_world_defaults_and_every_given_field_wins(tmp_path):
+    args = world_training_config(output_dir=str(tmp_path), learning_rate=3e-4)
     assert args.learning_rate == 3e-4
     assert args.max_steps == WORLD_TRAINING_DEFAULTS["max_steps"]
 
 
 def test_the_main_job_selects_its_checkpoint_on_validation_and_clips_nothing(tmp_path):
-    args = DiscriTuneConfig(output_dir=str(tmp_path))
-    assert args.max_grad_norm == 0.0  # the paper clips nothing (benchmarks/world_ablations.md: clipping did not help)
-    apply_world_defaults(args)
+    assert DiscriTuneConfig(output_dir=str(tmp_path)).max_grad_norm == 0.0  # the paper clips nothing
+    args = world_training_config(output_dir=str(tmp_path))
     assert (args.eval_strategy, args.eval_steps, args.eval_on_start) == ("steps", 50, True)
     assert (args.save_strategy, args.save_steps) == ("steps", 50)
     assert args.load_best_model_at_end and args.metric_for_best_model == "p_at_1" and args.greater_is_better
@@ -27,7 +27,7 @@ def test_the_main_job_selects_its_checkpoint_on_validation_and_clips_nothing(tmp
 
 def test_tiny_world_job_writes_a_well_formed_report(tmp_path):
     output_dir = tmp_path / "out"
-    args = DiscriTuneConfig(
+    args = world_training_config(
         output_dir=str(output_dir),
         use_cpu=True,
         disable_tqdm=True,
@@ -42,10 +42,8 @@ def test_tiny_world_job_writes_a_well_formed_report(tmp_path):
         save_steps=2,
         load_best_model_at_end=True,
     )
-    given = {"max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "learning_rate"}
-    given |= {"eval_strategy", "eval_steps", "eval_on_start", "save_strategy", "save_steps", "load_best_model_at_end"}
     cache = str(tmp_path / "cache")
-    run_world_job(args, given, cache_dir=cache, world_config=tiny_world_config(), validation_images=12)
+    run_world_job(args, cache_dir=cache, world_config=tiny_world_config(), validation_images=12)
 
     results = json.loads((output_dir / "results.json").read_text())
     for split in ("in_domain", "shifted"):
@@ -74,3 +72,55 @@ def test_tiny_world_job_writes_a_well_formed_report(tmp_path):
         assert os.path.getsize(output_dir / name) > 0, name
     assert '"in_domain_p_at_1"' in (output_dir / "README.md").read_text()  # the model card reports the results
     ClipCapPolicy.from_pretrained(str(output_dir))
+
+
+def test_the_command_line_honours_dash_flags_and_lora_on_the_world(tmp_path, load_example):
+    """The bug: dash spellings (`--max-steps`) were overwritten by the world's values, `--use_peft` dropped."""
+    module = load_example("finetune_clipcap.py")
+    output_dir = tmp_path / "out"
+    script_args, training_args, model_args = module.parse_arguments(
+        [
+            "--max-steps", "2",
+            "--learning-rate", "1e-3",
+            "--per-device-train-batch-size", "8",
+            "--per_device_eval_batch_size", "12",
+            "--eval-strategy", "no", "--eval_on_start", "false", "--save_strategy", "no",
+            "--load_best_model_at_end", "false",
+            "--output-dir", str(output_dir),
+            "--world_cache_dir", str(tmp_path / "cache"),
+            "--use_peft", "--lora_r", "2",
+            "--use_cpu", "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    assert (training_args.max_steps, training_args.learning_rate) == (2, 1e-3)
+    assert training_args.logging_steps == WORLD_TRAINING_DEFAULTS["logging_steps"]  # not given: the world's
+    module.main(script_args, training_args, model_args, world_config=tiny_world_config())
+
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["training"]["max_steps"] == 2 and results["training"]["learning_rate"] == 1e-3
+    assert results["training"]["eval_strategy"] == "no" and results["training"]["validation_images"] == 0
+    assert json.loads((output_dir / "adapter_config.json").read_text())["r"] == 2  # --use_peft reached the world
+
+
+def test_the_world_defaults_show_in_help_and_a_named_dataset_keeps_the_papers(load_example, capsys):
+    module = load_example("finetune_clipcap.py")
+    with pytest.raises(SystemExit):
+        module.parse_arguments(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Without --dataset_name" in help_text and "the embedded synthetic world runs" in help_text
+    assert "(default: 2e-05)" in help_text  # the learning rate this path uses
+    _, training_args, _ = module.parse_arguments(["--dataset_name", "./data", "--use_cpu"])
+    assert training_args.max_steps == -1 and training_args.learning_rate == 1e-7
+
+
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["--clipcap_model", "./weights.pt"], "clipcap_model"),
+        (["--retriever-pretrained", "laion2b"], "retriever_pretrained"),
+        (["--max_train_samples", "8"], "max_train_samples"),
+    ],
+)
+def test_a_flag_that_cannot_apply_to_the_world_is_refused_by_name(argv, name, load_example):
+    with pytest.raises(ValueError, match=f"--{name}=.*does not apply to the embedded world"):
+        load_example("finetune_clipcap.py").parse_arguments(argv)

@@ -18,7 +18,7 @@ from .captions import (
     mentions_color,
 )
 from .dataset import SPLITS, WORLD_FEATURES, WorldDataConfig, generate_example, generate_world, scene_from_row
-from .job import WORLD_TRAINING_DEFAULTS, run_world_job
+from .job import WORLD_TRAINING_DEFAULTS, run_world_job, world_training_config
 from .scenes import DOMAINS, IN_DOMAIN, SHIFTED, DomainSpec, Scene, SceneObject, render_scene, sample_scene
 from .tokenizer import train_world_tokenizer
 from .train_captioner import CaptionerTrainingConfig, build_world_clipcap, train_captioner
@@ -29,6 +29,7 @@ __all__ = [
     "WORLD_REGIMES",
     "WORLD_TRAINING_DEFAULTS",
     "run_world_job",
+    "world_training_config",
     "COLOR_WORDS",
     "CaptionerTrainingConfig",
     "RetrieverTrainingConfig",

@@ -2,13 +2,15 @@
 
 `examples/finetune_clipcap.py` with no `--dataset_name` calls :func:`run_world_job`. It uses the unchanged
 `DiscriTuneTrainer`; only the hyper-parameters differ from the paper's (small models learn at larger learning
-rates in few steps): :data:`WORLD_TRAINING_DEFAULTS`, applied to every field the command line did not set.
+rates in few steps): :data:`WORLD_TRAINING_DEFAULTS`. The command line applies them as the parser's defaults (below
+a `--config` recipe and the flags, which both win); from Python, :func:`world_training_config` does the same.
 
 As the paper tuned its settings on held-out data, the job holds out the last :data:`WORLD_VALIDATION_IMAGES`
 training images as a validation split, evaluates retrieval P@1 on it at the start and every 50 steps, and keeps the
 best policy (the initial policy when no checkpoint beats it), so that a run that collapses late (the collapse alarm
-warns of it) does not end with the collapsed policy. `--eval_strategy no` trains on every training image and keeps
-the last step's policy. Training decodes greedily and the evaluation uses beam search: the report gives P@1 for both.
+warns of it) does not end with the collapsed policy. `--eval_strategy no --eval_on_start false --save_strategy no
+--load_best_model_at_end false` trains on every training image and keeps the last step's policy. Training decodes
+greedily and the evaluation uses beam search: the report gives P@1 for both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from typing import Any
 
 import datasets
+from peft import PeftConfig, get_peft_model
 
 from ..evaluation.retrieval import encode_captions, precision_at_1
 from ..trainer import DiscriTuneConfig, DiscriTuneTrainer
@@ -61,20 +64,18 @@ WORLD_TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-def apply_world_defaults(args: DiscriTuneConfig, given_flags: set[str] | frozenset[str] = frozenset()) -> None:
-    """Set :data:`WORLD_TRAINING_DEFAULTS` on `args`, except the fields named in `given_flags` (set by the user)."""
-    for name, value in WORLD_TRAINING_DEFAULTS.items():
-        if name not in given_flags:
-            setattr(args, name, value)
+def world_training_config(**fields: Any) -> DiscriTuneConfig:
+    """A `DiscriTuneConfig` with :data:`WORLD_TRAINING_DEFAULTS` as its defaults: every field given here wins."""
+    return DiscriTuneConfig(**{**WORLD_TRAINING_DEFAULTS, **fields})
 
 
 def run_world_job(
     args: DiscriTuneConfig,
-    given_flags: set[str] | frozenset[str] = frozenset(),
     cache_dir: str | None = None,
     start: float | None = None,
     world_config: WorldConfig | None = None,
     validation_images: int = WORLD_VALIDATION_IMAGES,
+    peft_config: PeftConfig | None = None,
 ) -> dict[str, Any]:
     """Build or load the world, run DiscriTune, evaluate both test splits before and after, write the report.
 
@@ -82,16 +83,16 @@ def run_world_job(
     `training_curves.png` and `captions_before_after.png`. Returns the results.
 
     Args:
-        args: the trainer's config; fields not in `given_flags` take :data:`WORLD_TRAINING_DEFAULTS`.
-        given_flags: names of the fields the user set (on the command line or in a `--config` recipe).
+        args: the trainer's config, used as it is (build it with :func:`world_training_config` for the world's
+            defaults). `resume_from_checkpoint` and `push_to_hub` are honoured as in the examples.
         cache_dir: where worlds are cached (default: `default_cache_dir()`).
         start: the job's start time, for `runtime_seconds` (default: now).
         world_config: which world (default: `WorldConfig()`, the documented one).
         validation_images: training images held out to select the checkpoint on (used when `args.eval_strategy`
             is not `"no"`).
+        peft_config: train LoRA adapters on the world's ClipCap instead of all its trainable weights.
     """
     start = time.time() if start is None else start
-    apply_world_defaults(args, given_flags)
     world = load_or_build_world(cache_dir, world_config)
     data = world.load_dataset()
     train, validation = data["train"], None
@@ -101,11 +102,16 @@ def run_world_job(
     # The trainer builds the reward model from `args` (build_reward_model), with num_hard_negatives > 0 mining
     # distractors among the training images (Appendix D.2), as the examples do.
     trainer = DiscriTuneTrainer(
-        model=world.load_captioner(), reward_model=retriever, args=args, train_dataset=train, eval_dataset=validation
+        model=world.load_captioner(),
+        reward_model=retriever,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        peft_config=peft_config,
     )
     before = {split: _caption(trainer, data[split], f"{split}, before") for split in TEST_SPLITS}
-    trainer.train()
-    selection = _keep_the_initial_policy_if_best(trainer, world) if validation is not None else None
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    selection = _keep_the_initial_policy_if_best(trainer, world, peft_config) if validation is not None else None
     after = {split: _caption(trainer, data[split], f"{split}, after") for split in TEST_SPLITS}
 
     results: dict[str, Any] = {}
@@ -156,11 +162,12 @@ def run_world_job(
     results["training"]["validation_images"] = len(validation) if validation is not None else 0
 
     trainer.save_model(args.output_dir)
+    dataset_name = f"the embedded synthetic world (`discritune_trl.world`, {world.root})"
     if trainer.is_world_process_zero():
         write_model_card(
             trainer,
             args.output_dir,
-            dataset_name=f"the embedded synthetic world (`discritune_trl.world`, {world.root})",
+            dataset_name=dataset_name,
             tags=trainer._tag_names,
             metrics={f"{split}_p_at_1": results[split]["p_at_1"] for split in TEST_SPLITS},
         )
@@ -179,6 +186,8 @@ def run_world_job(
         print(f"Fine-tuned policy and model card: {args.output_dir}")
         for name, path in paths.items():
             print(f"{name:>9}: {path}")
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset_name=dataset_name)
     return results
 
 
@@ -201,7 +210,9 @@ def _caption(trainer: DiscriTuneTrainer, dataset: datasets.Dataset, description:
     return captioned
 
 
-def _keep_the_initial_policy_if_best(trainer: DiscriTuneTrainer, world) -> dict[str, Any]:
+def _keep_the_initial_policy_if_best(
+    trainer: DiscriTuneTrainer, world, peft_config: PeftConfig | None = None
+) -> dict[str, Any]:
     """After `load_best_model_at_end`: if the evaluation at the start beat every checkpoint (the Trainer never
     selects the start), put the initial policy back. Returns the validation P@1 per step and the step kept."""
     metric = f"eval_{trainer.args.metric_for_best_model.removeprefix('eval_')}"
@@ -215,7 +226,10 @@ def _keep_the_initial_policy_if_best(trainer: DiscriTuneTrainer, world) -> dict[
             curve[0],
             max((value for step, value in curve.items() if step > 0), default=float("nan")),
         )
-        initial = world.load_captioner().to(trainer.accelerator.device)
+        initial = world.load_captioner()
+        if peft_config is not None:  # fresh adapters compute the initial policy (LoRA's B starts at zero)
+            initial = get_peft_model(initial, peft_config)
+        initial = initial.to(trainer.accelerator.device)
         trainer.accelerator.unwrap_model(trainer.model).load_state_dict(initial.state_dict())
         kept = 0
     return {"metric": metric, "validation": curve, "kept_step": kept}
