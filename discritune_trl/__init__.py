@@ -19,6 +19,8 @@ from .models import (
     ClipCapPolicy,
     HFCaptionerConfig,
     HFCaptionerPolicy,
+    VLMPolicy,
+    VLMPolicyConfig,
 )
 from .retrievers import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
 from .rewards import DiscriminativeRewardModel, RewardOutput, build_reward_model
@@ -41,6 +43,8 @@ __all__ = [
     "Retriever",
     "RewardOutput",
     "TransformersCLIPRetriever",
+    "VLMPolicy",
+    "VLMPolicyConfig",
     "__version__",
     "build_hard_distractor_sets",
     "build_reward_model",

@@ -1,4 +1,5 @@
-"""Captioning policies: the `CaptioningPolicy` interface, ClipCap, BLIP, and any transformers image-to-text model.
+"""Captioning policies: the `CaptioningPolicy` interface, ClipCap, BLIP, any transformers image-to-text model, and
+prompted vision-language models.
 
 A captioner author needs `CaptioningPolicy`, `CaptionOutput`, the decoding helpers (`full_stop_token_ids`,
 `truncate_at_stop`, `captions_from_generated`: any `decode` function or word list, no tokenizer needed) and
@@ -19,6 +20,7 @@ from .policy import (
     reduce_token_log_probs,
     truncate_at_stop,
 )
+from .vlm import VLMPolicy, VLMPolicyConfig, vlm_lora_config
 
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "ClipCapPolicy",
     "HFCaptionerConfig",
     "HFCaptionerPolicy",
+    "VLMPolicy",
+    "VLMPolicyConfig",
     "captions_from_generated",
     "check_generation_arguments",
     "full_stop_token_ids",
@@ -40,4 +44,5 @@ __all__ = [
     "reduce_token_log_probs",
     "register_policy",
     "truncate_at_stop",
+    "vlm_lora_config",
 ]

@@ -15,6 +15,7 @@ from .blip import BlipPolicy, BlipPolicyConfig
 from .clipcap import ClipCapConfig, ClipCapPolicy
 from .hf_captioner import HFCaptionerConfig, HFCaptionerPolicy
 from .policy import CaptioningPolicy
+from .vlm import VLMPolicy, VLMPolicyConfig
 
 
 # `config.json`'s `model_type` -> the policy class that loads it.
@@ -62,6 +63,7 @@ for _config_class, _policy_class in (
     (ClipCapConfig, ClipCapPolicy),
     (BlipPolicyConfig, BlipPolicy),
     (HFCaptionerConfig, HFCaptionerPolicy),
+    (VLMPolicyConfig, VLMPolicy),
 ):
     register_policy(_config_class, _policy_class)
 

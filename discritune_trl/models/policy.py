@@ -357,6 +357,8 @@ class CaptioningPolicy:
             for the whole training run (a frozen encoder). Then the trainer may compute them once per image
             (`cache_embeddings`) and once per step, and hands them back as `image_embeds`. Set it to `False` when the
             image encoder trains or cannot run apart from the text model; `encode_images` then returns the pixels.
+        uncached_image_features_reason (`str`, *optional*): why, when `caches_image_features` is false; the
+            embedding cache logs it in one line.
         supports_beam_search (`bool`, defaults to `True`): whether `generate_captions` accepts `num_beams > 1`. A
             greedy-only policy sets `False`; evaluation (`eval_num_beams`) then decodes greedily, with one warning.
         supports_log_probs_from_generation (`bool`, defaults to `False`): whether the policy implements
@@ -368,6 +370,7 @@ class CaptioningPolicy:
     """
 
     caches_image_features: bool = True
+    uncached_image_features_reason: str | None = None
     supports_beam_search: bool = True
     supports_log_probs_from_generation: bool = False
     tokenizer: Any = None

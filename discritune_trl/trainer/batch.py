@@ -38,7 +38,9 @@ class DiscriTuneBatch(Mapping):
             for putting evaluation captions back in dataset order); -1 where the dataset has no index column.
         num_unreadable_images (`torch.LongTensor`, 0-d): rows of this batch dropped because their image could not
             be decoded.
-        policy_pixel_values (`torch.Tensor` of shape `[B, ...]`, *optional*): the policy's pixels.
+        policy_pixel_values (`torch.Tensor` of shape `[B, ...]` or a `Mapping` of tensors, *optional*): the policy's
+            pixels, as its `preprocess` returns them: a tensor, or a `transformers.BatchFeature` when the policy reads
+            several inputs per image whose shapes vary between images (`VLMPolicy`: prompt ids, tiles, patch grids).
         policy_image_embeds (`torch.Tensor` of shape `[B, ...]`, *optional*): the policy's cached frozen features.
         retriever_pixel_values (`torch.Tensor` or `list[torch.Tensor]`, *optional*): the retriever's pixels.
         retriever_image_embeds (`torch.Tensor` or `list[torch.Tensor]`, *optional*): the retriever's cached
@@ -97,6 +99,8 @@ class DiscriTuneBatch(Mapping):
         device = kwargs.get("device", next((arg for arg in args if isinstance(arg, (str, int, torch.device))), None))
 
         def move(value):
+            if isinstance(value, Mapping):  # a policy's `BatchFeature` (prompt ids + image inputs, see VLMPolicy)
+                return type(value)({key: move(tensor) for key, tensor in value.items()})
             if isinstance(value, (list, tuple)):
                 return [move(tensor) for tensor in value]
             if torch.is_floating_point(value):

@@ -123,6 +123,9 @@ def cache_frozen_embeddings(
     if image_column not in dataset.column_names:
         raise ValueError(f"dataset has no column {image_column!r}; its columns are {dataset.column_names}.")
     cache_policy = policy_caches_image_features(policy)
+    if not cache_policy:
+        reason = getattr(policy, "uncached_image_features_reason", None) or "it declares caches_image_features=False"
+        logger.info("The policy's image features are not cached (%s): %s.", type(policy).__name__, reason)
     share = shares_clip_encoder(policy, reward_model) if share_encoder is None else share_encoder
     if share and not shares_clip_encoder(policy, reward_model):
         raise ValueError(
