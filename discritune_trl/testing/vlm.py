@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    CLIPImageProcessor,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessor,
@@ -18,7 +19,6 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
-    CLIPImageProcessor,
     PreTrainedModel,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
