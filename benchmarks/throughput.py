@@ -72,6 +72,13 @@ from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_c
 PHASES = ("image_encoding", "generation", "reward", "logprob_backward")
 GPT2_VOCAB_SIZE = 50257
 PRECISIONS = ("fp32", "bf16", "fp16")
+LOOPS = ("reference", "two_pass", "one_pass", "two_pass_static")
+# Dense peak FLOP/s (no sparsity) of known GPUs, per precision: NVIDIA's H100 SXM / H200 datasheets (fp32 without
+# TF32, which torch leaves off for matmuls by default). Other devices: pass --peak_tflops.
+KNOWN_PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+}
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -103,6 +110,97 @@ def build_models(tiny: bool, seed: int = 0) -> tuple[ClipCapPolicy, Discriminati
 def random_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------- model FLOPs
+
+
+def transformer_flops(blocks: torch.nn.Module, layers: int, width: int, tokens: int, context_sum: int) -> int:
+    """Forward FLOPs of a transformer stack on `tokens` positions: 2 per weight of its matrices per token (the
+    dense layers) plus the attention scores and their weighted sum, `2 * 2 * width` per (query, key) pair, where
+    `context_sum` is the number of such pairs (causal prefill of n tokens: n (n + 1) / 2)."""
+    dense = sum(p.numel() for p in blocks.parameters() if p.dim() == 2)
+    return 2 * dense * tokens + 4 * layers * width * context_sum
+
+
+def causal_pairs(start: int, stop: int) -> int:
+    """Query-key pairs of causal attention for query positions `start + 1 .. stop` (1-based): sum of positions."""
+    return (stop * (stop + 1) - start * (start + 1)) // 2
+
+
+def model_flops_per_image(policy, reward_model, args, loop: str) -> dict[str, float]:
+    """Model FLOPs per image of one training step of `loop`, per phase, from the architectures (not measured).
+
+    Captions are taken to run to `max_new_tokens` (T; the random GPT-2 rarely stops) after a prefix of P positions;
+    a backward pass costs twice its forward. Generation: a prefill of P positions then T - 1 cached one-token steps,
+    T logits rows. Log-prob forward (two-pass loops): P + T positions, T + 1 logits rows (the reference: P + T).
+    The one-pass loop has no log-prob forward: its backward runs through the decoding graph. Retriever text: CLIP's
+    text tower on 77 positions (captions of random words fill them). The reference re-encodes each image with both
+    CLIP image towers at every step; the two DiscriTune loops read cached embeddings.
+    """
+    gpt2 = policy.language_model
+    config = gpt2.config
+    layers, width, vocab = config.n_layer, config.n_embd, config.vocab_size
+    prefix, length = policy.config.prefix_length, args.max_new_tokens
+    blocks = gpt2.transformer.h
+    mapper = 2 * sum(p.numel() for p in policy.mapper.parameters() if p.dim() == 2)
+    generation = (
+        mapper
+        + transformer_flops(blocks, layers, width, prefix + length - 1, causal_pairs(0, prefix + length - 1))
+        + 2 * width * vocab * length
+    )
+    logits_rows = prefix + length if loop == "reference" else length + 1
+    log_prob_forward = (
+        mapper
+        + transformer_flops(blocks, layers, width, prefix + length, causal_pairs(0, prefix + length))
+        + 2 * width * vocab * logits_rows
+    )
+    clip = reward_model.retriever.model
+    text = clip.transformer
+    text_tokens = 77
+    retriever_text = (
+        transformer_flops(text, text.layers, text.width, text_tokens, causal_pairs(0, text_tokens))
+        + 2 * clip.text_projection.numel()
+    )
+    flops = {"generation": float(generation), "retriever_text": float(retriever_text)}
+    if loop == "one_pass":
+        flops["log_prob_forward"] = 0.0
+        flops["backward"] = 2.0 * generation
+    else:
+        flops["log_prob_forward"] = float(log_prob_forward)
+        flops["backward"] = 2.0 * log_prob_forward
+    if loop == "reference":
+        visual = clip.visual
+        patches = visual.grid_size[0] * visual.grid_size[1]
+        tower = transformer_flops(
+            visual.transformer, visual.transformer.layers, visual.transformer.width, patches + 1, (patches + 1) ** 2
+        )
+        tower += 2 * visual.conv1.weight.numel() * patches + 2 * (
+            visual.proj.numel() if visual.proj is not None else 0
+        )
+        flops["image_encoding"] = 2.0 * tower  # the policy's and the retriever's tower
+    flops["total"] = sum(flops.values())
+    return flops
+
+
+def peak_tflops(args, device: torch.device, precision: str) -> float | None:
+    """The device's dense peak TFLOP/s at `precision`: `--peak_tflops` if given, else known GPUs by name."""
+    if args.peak_tflops is not None:
+        return args.peak_tflops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in KNOWN_PEAK_TFLOPS.items():
+            if key in name:
+                return peaks[precision]
+    return None
+
+
+def add_utilisation(figures: dict, flops: dict, peak: float | None) -> None:
+    """Model FLOPs per image, achieved FLOP/s and, when the peak is known, the fraction of it."""
+    figures["model_flops_per_image"] = flops
+    figures["achieved_tflops"] = flops["total"] * figures["images_per_second"] / 1e12
+    figures["peak_tflops"] = peak
+    figures["utilisation"] = figures["achieved_tflops"] / peak if peak else None
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -244,7 +342,16 @@ class StepTimes(TrainerCallback):
         self._last = now
 
 
-def time_discritune(policy, reward_model, dataset, args, precision: str, device: torch.device) -> dict:
+def time_discritune(
+    policy,
+    reward_model,
+    dataset,
+    args,
+    precision: str,
+    device: torch.device,
+    one_pass: bool = False,
+    static_cache: bool = False,
+) -> dict:
     timer = PhaseTimer(device)
     with tempfile.TemporaryDirectory() as output_dir:
         config = DiscriTuneConfig(
@@ -262,6 +369,8 @@ def time_discritune(policy, reward_model, dataset, args, precision: str, device:
             disable_tqdm=True,
             dataloader_num_workers=0,
             seed=0,
+            logprobs_from_generation="true" if one_pass else "false",
+            static_cache_decoding="true" if static_cache else "false",
         )
         trainer = DiscriTuneTrainer(model=policy, reward_model=reward_model, args=config, train_dataset=dataset)
         trainer.data_collator = timer.wrap(trainer.data_collator, "image_encoding")
@@ -364,7 +473,25 @@ def time_reference(policy, reward_model, images, args, device: torch.device) -> 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="Tiny random models instead of ViT-B/32 + GPT-2 124M.")
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--batch_size", type=int, nargs="+", default=[16], help="Images per step; several values run a sweep."
+    )
+    parser.add_argument(
+        "--loops",
+        nargs="+",
+        default=list(LOOPS[:3]),
+        choices=LOOPS,
+        help="reference: the paper's loop (fp32); two_pass: DiscriTuneTrainer decoding without gradients then a "
+        "teacher-forced pass; one_pass: log-probs from the decoding pass (logprobs_from_generation=true); "
+        "two_pass_static: two_pass decoding with a static KV cache, compiled by generate on CUDA "
+        "(static_cache_decoding=true). All but the reference in every --precision.",
+    )
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="The device's dense peak TFLOP/s, for the utilisation figure (H100/H200 are known).",
+    )
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per loop.")
     parser.add_argument("--warmup_steps", type=int, default=1, help="Untimed steps before them.")
     parser.add_argument("--max_new_tokens", type=int, default=40)
@@ -377,7 +504,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="torch intra-op threads (default: torch's choice). On a CPU shared with other processes use 1: with more, "
         "every op waits at a barrier for threads the scheduler has parked.",
     )
-    parser.add_argument("--skip_reference", action="store_true")
+    parser.add_argument("--skip_reference", action="store_true", help="Same as leaving reference out of --loops.")
     parser.add_argument(
         "--log_prob_memory",
         action="store_true",
@@ -391,101 +518,194 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: the loop a child process times
     parser.add_argument("--json", default=None, help="Write the figures to this file.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.skip_reference:
+        args.loops = [loop for loop in args.loops if loop != "reference"]
+    return args
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
+    command = " ".join(["python", "benchmarks/throughput.py", *argv])
     if args.log_prob_memory:
-        figures = {
-            "command": " ".join(["python", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)])
-        }
-        figures.update(device=str(device), log_prob_memory_mib=log_prob_memory(args, device))
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(figures, handle, indent=2)
+        args.batch_size = args.batch_size[0]
+        figures = {"command": command, "device": str(device), "log_prob_memory_mib": log_prob_memory(args, device)}
+        write_json(args.json, figures)
         return figures
+    if len(args.batch_size) == 1:
+        results = run_batch(args, argv, device, args.batch_size[0])
+        if args.only is None:
+            results["command"] = command
+            write_json(args.json, results)
+        return results
+    # A sweep: each batch size as a run of its own, then how images/s and peak memory grow with the batch.
+    sweep = {str(size): run_batch(args, argv, device, size) for size in args.batch_size}
+    results = {"command": command, "batch_sizes": args.batch_size, "sweep": sweep}
+    print("batch sweep (img/s, peak memory MiB):")
+    for size, figures in sweep.items():
+        loops = [("reference", figures.get("reference"))]
+        for key, name in (
+            ("discritune", "two_pass"),
+            ("one_pass", "one_pass"),
+            ("two_pass_static", "two_pass_static"),
+        ):
+            loops += [(f"{name} {p}", f) for p, f in figures.get(key, {}).items()]
+        print(
+            f"  batch {size}: "
+            + "; ".join(
+                f"{name} {f['images_per_second']:.2f} img/s, {f['peak_memory_mib']:.0f} MiB" for name, f in loops if f
+            )
+        )
+    write_json(args.json, results)
+    return results
+
+
+def write_json(path: str | None, figures: dict) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(figures, handle, indent=2)
+
+
+def run_batch(args, argv: list[str], device: torch.device, batch_size: int) -> dict:
+    """Every asked loop at one batch size (each in its own process unless --in_process), with its model FLOPs."""
+    args = argparse.Namespace(**{**vars(args), "batch_size": batch_size})
+    if args.only is not None:  # a child process: time one loop and hand the figures back
+        figures = time_one(args.only, args, device)
+        write_json(args.json, figures)
+        return figures
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type,
+        "torch_threads": torch.get_num_threads(),
+        "models": "tiny" if args.tiny else "CLIP ViT-B/32 + GPT-2 124M (random weights)",
+        "batch_size": batch_size,
+        "timed_steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    loops = ["reference"] if "reference" in args.loops else []
+    loops += [f"{loop}:{precision}" for loop in LOOPS[1:] if loop in args.loops for precision in args.precision]
+    inputs = build_inputs(args, device) if args.in_process else None  # else each child process builds its own
+    timed = {loop: time_loop(loop, args, argv, inputs, device) for loop in loops}
+    if "reference" in timed:
+        results["reference"] = timed["reference"]
+        results["cache"] = results["reference"].pop("cache")
+        report(f"batch {batch_size}, reference (fp32)", results["reference"])
+    for loop in LOOPS[1:]:
+        key = "discritune" if loop == "two_pass" else loop  # "discritune": the two-pass step, as before
+        for precision in args.precision:
+            if f"{loop}:{precision}" not in timed:
+                continue
+            figures = timed[f"{loop}:{precision}"]
+            if "reference" in results:
+                figures["speedup_vs_reference"] = (
+                    figures["images_per_second"] / results["reference"]["images_per_second"]
+                )
+            results.setdefault(key, {})[precision] = figures
+            results["cache"] = figures.pop("cache")
+            report(f"batch {batch_size}, {loop} ({precision})", figures)
+    if "cache" in results:
+        cache = results["cache"]
+        print(
+            f"one-off cache pass: {cache['images']} images in {cache['seconds']:.2f} s "
+            f"({cache['images_per_second']:.1f} img/s)"
+        )
+    return results
+
+
+def build_inputs(args, device: torch.device) -> dict:
+    """The seeded models, the images of every step, and the dataset with its frozen embeddings cached (timed)."""
     policy, reward_model = build_models(args.tiny)
     policy.to(device)
     reward_model.to(device)
     image_size = policy.config.clip_preprocess_cfg["size"]
     images = random_images(args.batch_size * (args.warmup_steps + args.steps), image_size)
     dataset = datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
-
-    results = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "device_type": device.type,
-        "torch_threads": torch.get_num_threads(),
-        "models": "tiny" if args.tiny else "CLIP ViT-B/32 + GPT-2 124M (random weights)",
-        "batch_size": args.batch_size,
-        "timed_steps": args.steps,
-        "warmup_steps": args.warmup_steps,
-        "max_new_tokens": args.max_new_tokens,
-        "command": " ".join(["python", "benchmarks/throughput.py", *(sys.argv[1:] if argv is None else argv)]),
-    }
     start = time.perf_counter()
-    cached = cache_frozen_embeddings(dataset, policy, reward_model, batch_size=args.batch_size)
-    cache_seconds = time.perf_counter() - start
-    results["cache"] = {"seconds": cache_seconds, "images_per_second": len(dataset) / cache_seconds}
-    loops = ([] if args.skip_reference else ["reference"]) + list(args.precision)
-    if args.only is not None:  # a child process: time one loop and hand the figures back
-        figures = (
-            time_reference(policy, reward_model, images, args, device)
-            if args.only == "reference"
-            else time_discritune(policy, reward_model, cached, args, args.only, device)
+    cached = cache_frozen_embeddings(dataset, policy, reward_model, batch_size=min(args.batch_size, 256))
+    seconds = time.perf_counter() - start
+    cache = {"images": len(dataset), "seconds": seconds, "images_per_second": len(dataset) / seconds}
+    return {"policy": policy, "reward_model": reward_model, "images": images, "cached": cached, "cache": cache}
+
+
+def time_one(loop: str, args, device: torch.device, inputs: dict | None = None) -> dict:
+    """Time one loop (`"reference"`, `"two_pass:bf16"`, ...) and add its model FLOPs and utilisation."""
+    inputs = inputs or build_inputs(args, device)
+    policy, reward_model = inputs["policy"], inputs["reward_model"]
+    name, _, precision = loop.partition(":")
+    if name == "reference":
+        figures = time_reference(policy, reward_model, inputs["images"], args, device)
+        precision = "fp32"
+    else:
+        figures = time_discritune(
+            policy,
+            reward_model,
+            inputs["cached"],
+            args,
+            precision,
+            device,
+            one_pass=name == "one_pass",
+            static_cache=name == "two_pass_static",
         )
-        with open(args.json, "w") as handle:
-            json.dump(figures, handle)
-        return figures
-    timed = {loop: time_loop(loop, args, argv, policy, reward_model, images, cached, device) for loop in loops}
-    if not args.skip_reference:
-        results["reference"] = timed["reference"]
-        report("reference (fp32)", results["reference"])
-    results["discritune"] = {}
-    for precision in args.precision:
-        figures = timed[precision]
-        if not args.skip_reference:
-            figures["speedup_vs_reference"] = figures["images_per_second"] / results["reference"]["images_per_second"]
-        results["discritune"][precision] = figures
-        report(f"discritune ({precision})", figures)
-    print(
-        f"one-off cache pass: {len(dataset)} images in {cache_seconds:.2f} s ({len(dataset) / cache_seconds:.1f} img/s)"
-    )
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return results
+    flops = model_flops_per_image(policy, reward_model, args, "one_pass" if name == "one_pass" else name)
+    add_utilisation(figures, flops, peak_tflops(args, device, precision))
+    figures["cache"] = inputs["cache"]
+    return figures
 
 
-def time_loop(loop: str, args, argv, policy, reward_model, images, cached, device: torch.device) -> dict:
-    """Figures of one loop (`"reference"` or a precision), timed here or in a fresh child process."""
-    if args.in_process:
-        if loop == "reference":
-            return time_reference(policy, reward_model, images, args, device)
-        return time_discritune(policy, reward_model, cached, args, loop, device)
-    own_args = [arg for arg in (sys.argv[1:] if argv is None else argv)]
-    if "--json" in own_args:  # the child writes its own figures file
-        index = own_args.index("--json")
-        del own_args[index : index + 2]
+def time_loop(loop: str, args, argv, inputs: dict | None, device: torch.device) -> dict:
+    """Figures of one loop, timed here (`inputs` given: --in_process) or in a fresh child process."""
+    if inputs is not None:
+        return time_one(loop, args, device, inputs)
+    own_args = without_option(without_option(argv, "--json", 1), "--batch_size", len(args_batch_sizes(argv)))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "figures.json")
         subprocess.run(
-            [sys.executable, os.path.abspath(__file__), *own_args, "--only", loop, "--json", path], check=True
-        )
+            [
+                sys.executable, os.path.abspath(__file__), *own_args,
+                "--batch_size", str(args.batch_size), "--only", loop, "--json", path,
+            ],
+            check=True,
+        )  # fmt: skip
         with open(path) as handle:
             return json.load(handle)
+
+
+def args_batch_sizes(argv: list[str]) -> list[str]:
+    """The values given to --batch_size in `argv` (none when it is not given)."""
+    if "--batch_size" not in argv:
+        return []
+    values, index = [], argv.index("--batch_size") + 1
+    while index < len(argv) and not argv[index].startswith("--"):
+        values.append(argv[index])
+        index += 1
+    return values
+
+
+def without_option(argv: list[str], option: str, num_values: int) -> list[str]:
+    """`argv` without `option` and the `num_values` values after it."""
+    if option not in argv:
+        return list(argv)
+    index = argv.index(option)
+    return argv[:index] + argv[index + 1 + num_values :]
 
 
 def report(name: str, figures: dict) -> None:
     phases = ", ".join(f"{phase} {ips:.1f}" for phase, ips in figures["phase_images_per_second"].items())
     ratio = f", {figures['speedup_vs_reference']:.2f}x the reference" if "speedup_vs_reference" in figures else ""
+    utilisation = (
+        f" = {100 * figures['utilisation']:.1f}% of {figures['peak_tflops']:.0f}" if figures["utilisation"] else ""
+    )
     print(
         f"{name}: {figures['images_per_second']:.2f} img/s ({figures['step_seconds']:.2f} s/step{ratio}); "
-        f"per phase img/s: {phases}; peak memory {figures['peak_memory_mib']:.0f} MiB"
+        f"per phase img/s: {phases}; peak memory {figures['peak_memory_mib']:.0f} MiB; "
+        f"{figures['model_flops_per_image']['total'] / 1e9:.3g} GFLOP/image, "
+        f"{figures['achieved_tflops']:.3g} TFLOP/s{utilisation}"
     )
 
 

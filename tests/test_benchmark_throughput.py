@@ -21,12 +21,13 @@ def throughput():
 def test_tiny_benchmark_writes_every_figure(throughput, tmp_path):
     path = tmp_path / "figures.json"
     argv = ["--tiny", "--batch_size", "4", "--steps", "1", "--warmup_steps", "1", "--max_new_tokens", "4"]
+    argv += ["--peak_tflops", "2.0"]
     throughput.main([*argv, "--precision", "fp32", "bf16", "--in_process", "--json", str(path)])
     figures = json.loads(path.read_text())
     assert {"device", "device_type", "batch_size", "command", "cache", "reference", "discritune"} <= set(figures)
     assert figures["batch_size"] == 4 and figures["device_type"] == "cpu"
-    assert set(figures["discritune"]) == {"fp32", "bf16"}
-    for loop in (figures["reference"], *figures["discritune"].values()):
+    assert set(figures["discritune"]) == set(figures["one_pass"]) == {"fp32", "bf16"}
+    for loop in (figures["reference"], *figures["discritune"].values(), *figures["one_pass"].values()):
         assert {
             "images_per_second",
             "step_seconds",
@@ -36,7 +37,45 @@ def test_tiny_benchmark_writes_every_figure(throughput, tmp_path):
         } <= set(loop)
         assert set(loop["phase_images_per_second"]) == set(throughput.PHASES)
         assert loop["images_per_second"] > 0 and loop["peak_memory_mib"] > 0
+        assert loop["model_flops_per_image"]["total"] > 0 and loop["peak_tflops"] == 2.0
+        assert loop["utilisation"] == pytest.approx(loop["achieved_tflops"] / 2.0)
     assert figures["discritune"]["fp32"]["speedup_vs_reference"] > 0
+    # The one-pass step has no teacher-forced forward; the reference re-encodes images, the others read the cache.
+    one_pass, two_pass = figures["one_pass"]["fp32"]["model_flops_per_image"], figures["discritune"]["fp32"]
+    assert one_pass["log_prob_forward"] == 0 and one_pass["total"] < two_pass["model_flops_per_image"]["total"]
+    assert "image_encoding" in figures["reference"]["model_flops_per_image"]
+
+
+def test_batch_sweep_reports_each_batch_size(throughput, tmp_path):
+    path = tmp_path / "sweep.json"
+    argv = ["--tiny", "--batch_size", "2", "3", "--steps", "1", "--warmup_steps", "1", "--max_new_tokens", "2"]
+    throughput.main([*argv, "--loops", "one_pass", "--precision", "fp32", "--in_process", "--json", str(path)])
+    figures = json.loads(path.read_text())
+    assert figures["batch_sizes"] == [2, 3] and set(figures["sweep"]) == {"2", "3"}
+    for size, run in figures["sweep"].items():
+        assert run["batch_size"] == int(size) and set(run) >= {"one_pass"} and "reference" not in run
+
+
+def test_model_flops_match_a_flop_counter_on_the_tiny_models(throughput):
+    """The analytic FLOPs count what torch runs (the counter counts the attention's full square, the formula the
+    causal half: a few percent on these sizes)."""
+    import argparse
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    policy, reward_model = throughput.build_models(tiny=True)
+    args = argparse.Namespace(max_new_tokens=6)
+    flops = throughput.model_flops_per_image(policy, reward_model, args, "two_pass")
+    image_embeds = torch.randn(3, policy.config.clip_embed_dim)
+    caption_ids = torch.randint(len(policy.tokenizer), (3, 6))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        policy.caption_log_probs(caption_ids, torch.ones_like(caption_ids), image_embeds=image_embeds)
+    assert counter.get_total_flops() / 3 == pytest.approx(flops["log_prob_forward"], rel=0.05)
+    tokens = torch.randint(10, (3, 77))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        reward_model.retriever.model.encode_text(tokens)
+    assert counter.get_total_flops() / 3 == pytest.approx(flops["retriever_text"], rel=0.1)
 
 
 def test_reference_stopping_forces_eos_after_a_full_stop(throughput):

@@ -361,6 +361,9 @@ class CaptioningPolicy:
             embedding cache logs it in one line.
         supports_beam_search (`bool`, defaults to `True`): whether `generate_captions` accepts `num_beams > 1`. A
             greedy-only policy sets `False`; evaluation (`eval_num_beams`) then decodes greedily, with one warning.
+        supports_static_cache (`bool`, defaults to `False`): whether `generate_captions` accepts `static_cache=True`:
+            decoding with a static (preallocated) KV cache, which transformers' `generate` compiles with
+            `torch.compile` on CUDA (`DiscriTuneConfig.static_cache_decoding`).
         supports_log_probs_from_generation (`bool`, defaults to `False`): whether the policy implements
             `generate_with_log_probs` (greedy or sampled decoding *with* gradients, returning the caption tokens'
             log-probabilities), so the trainer can skip the second, teacher-forced pass
@@ -372,6 +375,7 @@ class CaptioningPolicy:
     caches_image_features: bool = True
     uncached_image_features_reason: str | None = None
     supports_beam_search: bool = True
+    supports_static_cache: bool = False
     supports_log_probs_from_generation: bool = False
     tokenizer: Any = None
     image_processor: Any = None

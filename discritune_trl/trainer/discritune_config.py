@@ -207,6 +207,14 @@ class DiscriTuneConfig(TrainingArguments):
     top_p: float = field(default=1.0, metadata={"help": "Nucleus filtering when sampling (1.0: off)."})
     num_beams: int = field(default=5, metadata={"help": "Beams for train_decoding='beam'."})
     eval_num_beams: int = field(default=5, metadata={"help": "Beams when captioning the evaluation set."})
+    static_cache_decoding: str = field(
+        default="auto",
+        metadata={
+            "help": "Decode with a static KV cache, compiled by generate on CUDA (true | false | auto: where "
+            "measured faster).",
+            "choices": LOGPROBS_FROM_GENERATION,
+        },
+    )
 
     # > Reward
     reward_type: str = field(
@@ -280,9 +288,10 @@ class DiscriTuneConfig(TrainingArguments):
         self._check_choice("baseline", BASELINES)
         self._check_choice("reward_type", REWARD_TYPES)
         self._check_choice("log_prob_reduction", LOG_PROB_REDUCTIONS)
-        if isinstance(self.logprobs_from_generation, bool):
-            self.logprobs_from_generation = str(self.logprobs_from_generation).lower()
-        self._check_choice("logprobs_from_generation", LOGPROBS_FROM_GENERATION)
+        for name in ("logprobs_from_generation", "static_cache_decoding"):
+            if isinstance(getattr(self, name), bool):
+                setattr(self, name, str(getattr(self, name)).lower())
+            self._check_choice(name, LOGPROBS_FROM_GENERATION)
         if self.logprobs_from_generation == "true" and self.train_decoding == "beam":
             raise ValueError(
                 "logprobs_from_generation='true' takes the log-probs from greedy or sampled decoding, but "

@@ -133,6 +133,7 @@ class DiscriTuneTrainer(Trainer):
         self._num_unreadable_images = 0
         self._warned_greedy_evaluation = False
         self._one_pass = self._use_one_pass_step()
+        self._static_cache = self._use_static_cache()
         if args.cache_embeddings:
             self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
             self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
@@ -195,6 +196,8 @@ class DiscriTuneTrainer(Trainer):
         return self._caption(policy, image_inputs, **kwargs)
 
     def _caption(self, policy, image_inputs: dict[str, torch.Tensor], **generation_kwargs):
+        if self._static_cache:
+            generation_kwargs["static_cache"] = True
         with policy.generation_mode(), self.accelerator.autocast():  # eval mode: the caption is the policy's own
             return policy.generate_captions(**image_inputs, **generation_kwargs)
 
@@ -541,6 +544,21 @@ class DiscriTuneTrainer(Trainer):
         )
         return faster and not obstacles
 
+    def _use_static_cache(self) -> bool:
+        """Whether captions decoded without gradients use a static KV cache (`args.static_cache_decoding`)."""
+        setting = self.args.static_cache_decoding
+        policy = self.accelerator.unwrap_model(self.model)
+        supported = getattr(policy, "supports_static_cache", False)
+        if setting == "true" and not supported:
+            raise ValueError(
+                f"static_cache_decoding='true', but {type(policy).__name__} declares supports_static_cache=False "
+                "(its generate_captions takes no static_cache argument); set static_cache_decoding='false'."
+            )
+        if setting == "auto":
+            precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+            return supported and STATIC_CACHE_MEASURED_FASTER.get((self.accelerator.device.type, precision), False)
+        return setting == "true"
+
     def _check_distractors(self) -> None:
         global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
         has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0 or self._bank_from_cache
@@ -568,6 +586,8 @@ class DiscriTuneTrainer(Trainer):
 # (device type, precision) -> whether the one-pass step (log-probs from the decoding pass) measured faster than the
 # two-pass step there, with `benchmarks/throughput.py` (figures in docs/throughput.md). Unlisted: two-pass.
 ONE_PASS_MEASURED_FASTER: dict[tuple[str, str], bool] = {}
+# The same for decoding with a static KV cache (compiled by `generate` on CUDA): not measured faster anywhere yet.
+STATIC_CACHE_MEASURED_FASTER: dict[tuple[str, str], bool] = {}
 
 
 def one_pass_obstacles(policy: nn.Module, args: DiscriTuneConfig) -> list[str]:

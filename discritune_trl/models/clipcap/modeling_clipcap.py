@@ -68,6 +68,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
     base_model_prefix = "clipcap"
     supports_gradient_checkpointing = True  # the language model's blocks (`gradient_checkpointing=True`)
     supports_log_probs_from_generation = True  # `generate_with_log_probs`: the one-pass training step
+    supports_static_cache = True  # `generate_captions(static_cache=True)`
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = ["GPT2Block"]
@@ -359,13 +360,16 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         top_k: int = 0,
         top_p: float = 1.0,
         num_return_sequences: int = 1,
+        static_cache: bool = False,
     ) -> CaptionOutput:
         """Caption a batch of images, without gradients, in eval mode (no dropout).
 
         Greedy by default (the paper's training decoding); `num_beams=5` is the paper's evaluation decoding;
         `do_sample=True` samples with `temperature` / `top_k` (0: off) / `top_p`. Every row stops at its own
         first full stop (any token whose text contains ".") or EOS, or after `max_new_tokens`. Decoding is
-        `GPT2LMHeadModel.generate` on the prefix embeddings (KV cache, batched stopping).
+        `GPT2LMHeadModel.generate` on the prefix embeddings (KV cache, batched stopping). `static_cache=True` decodes
+        with a static KV cache (`cache_implementation="static"`), which `generate` compiles with `torch.compile` on
+        CUDA (a compilation per batch shape); the same captions.
 
         Returns:
             [`CaptionOutput`] with `B * num_return_sequences` rows, the captions of each image consecutive.
@@ -385,6 +389,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
                 eos_token_id=stop_token_ids,
                 pad_token_id=self.pad_token_id,
                 use_cache=True,
+                **({"cache_implementation": "static"} if static_cache else {}),
                 **sampling,
             )  # [B * G, T] new tokens only (no prompt ids when generating from inputs_embeds)
         return captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
