@@ -135,8 +135,9 @@ def model_flops_per_image(policy, reward_model, args, loop: str) -> dict[str, fl
     a backward pass costs twice its forward. Generation: a prefill of P positions then T - 1 cached one-token steps,
     T logits rows. Log-prob forward (two-pass loops): P + T positions, T + 1 logits rows (the reference: P + T).
     The one-pass loop has no log-prob forward: its backward runs through the decoding graph. Retriever text: CLIP's
-    text tower on 77 positions (captions of random words fill them). The reference re-encodes each image with both
-    CLIP image towers at every step; the two DiscriTune loops read cached embeddings.
+    text tower on 77 positions (captions of random words fill them), an estimate (GPT-2's forward is checked against
+    torch's FLOP counter in tests/test_benchmark_throughput.py, the CLIP towers are not). The reference re-encodes
+    each image with both CLIP image towers at every step; the DiscriTune loops read cached embeddings.
     """
     gpt2 = policy.language_model
     config = gpt2.config
@@ -592,6 +593,10 @@ def run_batch(args, argv: list[str], device: torch.device, batch_size: int) -> d
     loops += [f"{loop}:{precision}" for loop in LOOPS[1:] if loop in args.loops for precision in args.precision]
     inputs = build_inputs(args, device) if args.in_process else None  # else each child process builds its own
     timed = {loop: time_loop(loop, args, argv, inputs, device) for loop in loops}
+    failed = [loop for loop, figures in timed.items() if "failed" in figures]
+    if failed:
+        results["failed_loops"] = failed
+        timed = {loop: figures for loop, figures in timed.items() if loop not in failed}
     if "reference" in timed:
         results["reference"] = timed["reference"]
         results["cache"] = results["reference"].pop("cache")
@@ -665,13 +670,15 @@ def time_loop(loop: str, args, argv, inputs: dict | None, device: torch.device) 
     own_args = without_option(without_option(argv, "--json", 1), "--batch_size", len(args_batch_sizes(argv)))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "figures.json")
-        subprocess.run(
+        result = subprocess.run(
             [
                 sys.executable, os.path.abspath(__file__), *own_args,
                 "--batch_size", str(args.batch_size), "--only", loop, "--json", path,
             ],
-            check=True,
         )  # fmt: skip
+        if result.returncode != 0:  # reported, and the other loops still run
+            print(f"batch {args.batch_size}, {loop}: FAILED (exit code {result.returncode}, its output is above)")
+            return {"failed": result.returncode}
         with open(path) as handle:
             return json.load(handle)
 

@@ -57,8 +57,8 @@ def test_batch_sweep_reports_each_batch_size(throughput, tmp_path):
 
 
 def test_model_flops_match_a_flop_counter_on_the_tiny_models(throughput):
-    """The analytic FLOPs count what torch runs (the counter counts the attention's full square, the formula the
-    causal half: a few percent on these sizes)."""
+    """The analytic FLOPs of GPT-2's teacher-forced forward count what torch runs, within a few percent (the
+    counter leaves out the fused attention kernel, which the formula counts)."""
     import argparse
 
     import torch
@@ -72,10 +72,6 @@ def test_model_flops_match_a_flop_counter_on_the_tiny_models(throughput):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         policy.caption_log_probs(caption_ids, torch.ones_like(caption_ids), image_embeds=image_embeds)
     assert counter.get_total_flops() / 3 == pytest.approx(flops["log_prob_forward"], rel=0.05)
-    tokens = torch.randint(10, (3, 77))
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        reward_model.retriever.model.encode_text(tokens)
-    assert counter.get_total_flops() / 3 == pytest.approx(flops["retriever_text"], rel=0.1)
 
 
 def test_reference_stopping_forces_eos_after_a_full_stop(throughput):
