@@ -14,14 +14,30 @@
 from __future__ import annotations
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 
-class RunningMeanBaseline:
-    """Running mean of past batch-mean rewards; part of the trainer state (saved and restored with checkpoints)."""
+class RunningMeanBaseline(TrainerCallback, ExportableState):
+    """Running mean of past batch-mean rewards; part of the trainer state.
+
+    It is a stateful `TrainerCallback` (`ExportableState`): `Trainer` writes its state into every checkpoint's
+    `trainer_state.json` (`stateful_callbacks["RunningMeanBaseline"]`), in the same file and the same write as the
+    global step, so a checkpoint holds the baseline of exactly its step or is incomplete as a whole.
+    """
 
     def __init__(self, mean: float = 0.0, count: int = 0):
         self.mean = float(mean)
         self.count = int(count)
+
+    def state(self) -> dict:
+        """`ExportableState`: what `Trainer` saves in `trainer_state.json`."""
+        return {"args": {}, "attributes": self.state_dict()}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Trainer updates `stateful_callbacks[name]` at each save; a state resumed from a checkpoint that held no
+        # baseline (reset_baseline_on_resume=True) needs the entry too.
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
     def update(self, batch_mean_reward: float) -> None:
         """Fold one step's (global) batch-mean reward into the running mean."""

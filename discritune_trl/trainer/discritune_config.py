@@ -119,6 +119,10 @@ class DiscriTuneConfig(TrainingArguments):
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Switch off the policy's dropout, so that the teacher-forced log-probabilities are those of the policy
             that decoded the captions (generation always runs without dropout).
+        reset_baseline_on_resume (`bool`, *optional*, defaults to `False`):
+            When resuming from a checkpoint, restart the running-mean baseline at 0 instead of loading the one the
+            checkpoint saved. Off, a checkpoint without a baseline state is refused with `baseline="mean"`, as the run
+            would not resume exactly.
 
         > Parameters that control evaluation and logging
 
@@ -244,6 +248,10 @@ class DiscriTuneConfig(TrainingArguments):
         },
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Switch off the policy's dropout."})
+    reset_baseline_on_resume: bool = field(
+        default=False,
+        metadata={"help": "On resume, restart the running-mean baseline at 0 (needed for a checkpoint without one)."},
+    )
 
     # > Evaluation and logging
     eval_num_candidates: int = field(default=100, metadata={"help": "Candidates per query for eval P@1."})

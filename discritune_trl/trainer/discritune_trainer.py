@@ -16,7 +16,6 @@ from peft import get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..evaluation.retrieval import precision_at_1
 from ..models.policy import CaptioningPolicy, reduce_token_log_probs
@@ -26,6 +25,7 @@ from ..rewards.distributed import gather_objects, gather_rows
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
 from .batch import INDEX_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
 from .callbacks import CollapseAlarmCallback
+from .checkpoints import check_architecture, checkpoint_problem, last_complete_checkpoint, read_baseline_state
 from .collator import DiscriTuneCollator
 from .discritune_config import DiscriTuneConfig
 from .embedding_cache import cache_frozen_embeddings, policy_caches_image_features
@@ -34,7 +34,6 @@ from .model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
-BASELINE_STATE_NAME = "discritune_baseline.json"
 SAMPLE_CAPTIONS_NAME = "sample_captions.jsonl"
 
 
@@ -127,7 +126,7 @@ class DiscriTuneTrainer(Trainer):
         self.reward_model.to(self.accelerator.device).eval()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
-        self.running_mean = RunningMeanBaseline()
+        self.add_callback(RunningMeanBaseline())  # saved in every checkpoint's trainer_state.json
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._sample_captions: list[dict[str, Any]] = []
         self._num_unreadable_images = 0
@@ -436,26 +435,50 @@ class DiscriTuneTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints and the Hub
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, BASELINE_STATE_NAME), "w") as handle:
-                json.dump(self.running_mean.state_dict(), handle)
+    @property
+    def running_mean(self) -> RunningMeanBaseline:
+        """The running-mean baseline (`baseline="mean"`), a stateful callback saved with every checkpoint."""
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunningMeanBaseline))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`, also restoring the running-mean baseline when resuming from a checkpoint."""
+        """`Trainer.train`, resuming the running-mean baseline too, from a checkpoint checked before any change.
+
+        `resume_from_checkpoint=True` picks the newest *complete* checkpoint of `output_dir`, skipping (with a
+        warning naming it) one cut off while being saved. The checkpoint's files, architecture and baseline state are
+        all read before the trainer changes anything: a refused checkpoint leaves the trainer as it was.
+        """
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        if isinstance(checkpoint, str):
-            path = os.path.join(checkpoint, BASELINE_STATE_NAME)
-            if os.path.isfile(path):
-                with open(path) as handle:
-                    self.running_mean.load_state_dict(json.load(handle))
-            else:
-                logger.warning("%s has no %s; the running-mean baseline restarts at 0.", checkpoint, path)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint-N folder: "
+                    "start without resume_from_checkpoint, or pass the path of a checkpoint."
+                )
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = os.fspath(checkpoint)
+            self._restore_baseline(checkpoint)
+        return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+
+    def _restore_baseline(self, checkpoint: str) -> None:
+        """Validate `checkpoint` (files, architecture, baseline state), then load its running-mean baseline."""
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise ValueError(f"Cannot resume from {checkpoint}: {problem}. Pass a complete checkpoint folder.")
+        check_architecture(checkpoint, self.accelerator.unwrap_model(self.model))
+        state = read_baseline_state(checkpoint, RunningMeanBaseline.__name__)
+        if self.args.reset_baseline_on_resume:
+            logger.warning("reset_baseline_on_resume=True: the running-mean baseline restarts at 0 at %s.", checkpoint)
+            state = {"mean": 0.0, "count": 0}
+        elif state is None and self.args.baseline == "mean":
+            raise ValueError(
+                f"{checkpoint} holds no running-mean baseline state (trainer_state.json has no "
+                "stateful_callbacks['RunningMeanBaseline']), so the run would not resume exactly. Pass "
+                "reset_baseline_on_resume=True (--reset_baseline_on_resume) to restart the baseline at 0, or resume "
+                "from a checkpoint written by DiscriTuneTrainer."
+            )
+        if state is not None:
+            self.running_mean.load_state_dict(state)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
         """Write `README.md` in `output_dir`: base model, retriever, data, hyper-parameters, metrics, citation."""
