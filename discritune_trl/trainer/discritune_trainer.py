@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
-from .batch import INDEX_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
+from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
 from .callbacks import CollapseAlarmCallback
 from .checkpoints import check_architecture, checkpoint_problem, last_complete_checkpoint, read_baseline_state
 from .collator import DiscriTuneCollator
@@ -163,6 +164,7 @@ class DiscriTuneTrainer(Trainer):
         if self.args.kl_coef > 0:
             kl = self._kl(policy, captions, image_inputs, token_log_probs)
             loss = loss + self.args.kl_coef * kl
+        self._check_finite_loss(loss, inputs, image_inputs, token_log_probs)
         self._record_captions(captions, inputs.image_index)
         return (loss, captions) if return_outputs else loss
 
@@ -271,6 +273,55 @@ class DiscriTuneTrainer(Trainer):
         kl = (per_token_kl * mask).sum() / mask.sum().clamp(min=1.0)
         self._log_metric("kl", self._global_mean(kl.detach().reshape(1)))
         return kl
+
+    def _check_finite_loss(self, loss, inputs: DiscriTuneBatch, image_inputs, token_log_probs) -> None:
+        """Stop before the update on a non-finite loss, naming the step and where the non-finite value came from
+        (a NaN loss would write NaN weights into every later checkpoint while the log, which drops NaN, reads 0)."""
+        if torch.isfinite(loss).all():
+            return
+        rows = inputs.image_index.tolist()
+
+        def bad_rows(values: torch.Tensor | None) -> list[int]:
+            if values is None:
+                return []
+            finite = torch.isfinite(values.float()).reshape(values.shape[0], -1).all(dim=1).tolist()
+            return [rows[i] for i, ok in enumerate(finite) if not ok][:5]
+
+        if bad_rows(inputs.policy_image_embeds):
+            source = (
+                f"the cached {POLICY_EMBEDS_COLUMN} of dataset row(s) {bad_rows(inputs.policy_image_embeds)}: "
+                "recompute the cache (cache_frozen_embeddings) or drop those rows"
+            )
+        elif bad_rows(inputs.policy_pixel_values):
+            source = f"the policy's pixel_values of dataset row(s) {bad_rows(inputs.policy_pixel_values)}: check those images"
+        elif bad_rows(image_inputs.get("image_embeds")):
+            source = (
+                f"the policy's frozen image encoder (encode_images) on dataset row(s) "
+                f"{bad_rows(image_inputs['image_embeds'])}: check those images and the encoder's weights and precision"
+            )
+        elif not torch.isfinite(token_log_probs).all():
+            source = (
+                "the policy's log-probabilities of its captions: its weights may have diverged (lower learning_rate)"
+            )
+        else:
+            source = "the advantages or the KL term: check the rewards, the baseline and kl_coef"
+        raise FloatingPointError(
+            f"Non-finite loss ({loss.item()}) at training step {self.state.global_step + 1}, from {source}. Training "
+            "stopped before this step's update, so no checkpoint holds it; the last saved checkpoint is intact."
+        )
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Trainer's gradient norm, computed before every optimizer step; a non-finite one stops training before the
+        update (except under fp16 loss scaling, whose scaler skips such steps and lowers the scale by design)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None and self.accelerator.scaler is None and not math.isfinite(float(grad_norm)):
+            raise FloatingPointError(
+                f"Non-finite gradient norm ({float(grad_norm)}) at training step {self.state.global_step + 1}, with a "
+                "finite loss: a backward pass through the policy overflowed. Training stopped before this step's "
+                "update, so no checkpoint holds it; the last saved checkpoint is intact. Lower learning_rate, or "
+                "train in fp32 or bf16."
+            )
+        return grad_norm
 
     # ------------------------------------------------------------------ logging
 
