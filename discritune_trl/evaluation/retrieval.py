@@ -39,6 +39,14 @@ def _check_embeddings(
             f"text_embeds has dim {text_embeds.shape[1]} but image_embeds has dim {image_embeds.shape[1]}; "
             "encode both with the same retriever."
         )
+    for name, embeds in (("text_embeds", text_embeds), ("image_embeds", image_embeds)):
+        bad_rows = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()
+        if bad_rows:
+            raise ValueError(
+                f"{name} holds non-finite values (NaN or inf) in {len(bad_rows)} row(s), e.g. rows {bad_rows[:5]}: "
+                "a ranking with them would be meaningless. Check those captions or images (and the retriever's "
+                "precision)."
+            )
     num_texts, num_images = text_embeds.shape[0], image_embeds.shape[0]
     if targets is None:
         if num_texts != num_images:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from transformers import PreTrainedConfig
 from transformers.utils import cached_file
@@ -83,11 +84,17 @@ def load_policy(path: str, **kwargs) -> CaptioningPolicy:
         path: a local folder, or a Hub id (when connected or in the Hugging Face cache).
         kwargs: passed on to the policy's `from_pretrained`.
     """
-    config_file = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
+    config_file = _find_config(os.fspath(path))
     if config_file is None:
         return _load_adapters(path, **kwargs)
-    with open(config_file) as handle:
-        model_type = json.load(handle).get("model_type")
+    try:
+        with open(config_file) as handle:
+            model_type = json.load(handle).get("model_type")
+    except (ValueError, AttributeError) as error:  # not JSON, or JSON that is not an object
+        raise ValueError(
+            f"{config_file} is not a valid config.json ({type(error).__name__}: {error}): write the folder again with "
+            "save_pretrained."
+        ) from error
     policy_class = POLICY_MAPPING.get(model_type)
     if policy_class is None:
         raise ValueError(
@@ -96,6 +103,29 @@ def load_policy(path: str, **kwargs) -> CaptioningPolicy:
             "discritune_trl.models.register_policy(YourConfig, YourPolicy), or load it with YourPolicy.from_pretrained."
         )
     return policy_class.from_pretrained(path, **kwargs)
+
+
+def _find_config(path: str) -> str | None:
+    """`path`'s config.json (a local folder, or a Hub id read through the cache), `None` when it has none; a path that
+    is neither a folder nor a possible Hub id is a `FileNotFoundError` naming it."""
+    if os.path.isfile(path):
+        raise ValueError(
+            f"load_policy({path!r}): that is a file; pass the folder written by save_pretrained (an original ClipCap "
+            ".pt checkpoint loads with ClipCapPolicy.from_original_checkpoint)."
+        )
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+    if not os.path.isdir(path) and looks_local:
+        raise FileNotFoundError(
+            f"load_policy({path!r}): no such folder. Pass a folder written by save_pretrained or "
+            "DiscriTuneTrainer.save_model, or a Hub id (when connected)."
+        )
+    try:
+        return cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"load_policy({path!r}): not a local folder, and not readable as a Hub id ({error}). Pass a folder "
+            "written by save_pretrained, or a Hub id when connected (or already in the Hugging Face cache)."
+        ) from error
 
 
 def _load_adapters(path: str, **kwargs):

@@ -157,12 +157,20 @@ def check_generation_arguments(
         )
 
 
-def captions_per_image(caption_ids: torch.Tensor, caption_mask: torch.Tensor, num_images: int) -> int:
-    """`G`, the number of captions per image of `[B * G, T]` caption ids (consecutive per image), or a clear error."""
+def captions_per_image(
+    caption_ids: torch.Tensor, caption_mask: torch.Tensor, num_images: int, vocab_size: int | None = None
+) -> int:
+    """`G`, the number of captions per image of `[B * G, T]` caption ids (consecutive per image), or a clear error;
+    with `vocab_size`, ids outside the vocabulary are refused too."""
     if caption_ids.dim() != 2 or caption_mask.shape != caption_ids.shape:
         raise ValueError(
             f"caption_ids {list(caption_ids.shape)} and caption_mask {list(caption_mask.shape)} must both be "
             "[B * G, T]."
+        )
+    if vocab_size is not None and caption_ids.numel() and (caption_ids.min() < 0 or caption_ids.max() >= vocab_size):
+        raise ValueError(
+            f"caption_ids holds ids in [{int(caption_ids.min())}, {int(caption_ids.max())}], outside this policy's "
+            f"vocabulary [0, {vocab_size}): pass ids from the policy's own tokenizer (as generate_captions returns)."
         )
     num_captions = caption_ids.shape[0]
     if num_images == 0 or num_captions % num_images != 0:
@@ -312,6 +320,17 @@ def expect_tied_weights_unsaved(model) -> None:
     BLIP's decoder head) as not saved, so that `Trainer`, resuming from a checkpoint or loading the best model, ties
     them again instead of warning that they are missing. Untied weights are saved as usual."""
     model._keys_to_ignore_on_save = set(getattr(model, "all_tied_weights_keys", None) or {})
+
+
+def output_vocab_size(model: nn.Module) -> int | None:
+    """Rows of the language head of `model` (the first `get_output_embeddings()` among its modules: GPT-2's `lm_head`
+    in ClipCap, BLIP's text decoder head), i.e. the ids a caption may hold; `None` when it has none."""
+    for module in model.modules():
+        get_head = getattr(module, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if isinstance(getattr(head, "weight", None), torch.Tensor):
+            return head.weight.shape[0]
+    return None
 
 
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -492,7 +511,7 @@ class CaptioningPolicy:
             `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero after the caption) for `"none"`.
         """
         conditioning = self.image_conditioning(pixel_values, image_embeds)  # [B, ...]
-        repeats = captions_per_image(caption_ids, caption_mask, conditioning.shape[0])
+        repeats = captions_per_image(caption_ids, caption_mask, conditioning.shape[0], output_vocab_size(self))
         conditioning = conditioning.repeat_interleave(repeats, dim=0)  # [B * G, ...]
         caption_ids = caption_ids.to(conditioning.device)
         caption_mask = caption_mask.to(conditioning.device)

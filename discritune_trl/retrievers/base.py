@@ -70,3 +70,21 @@ class Retriever(nn.Module):
         # A retriever is a frozen judge: `Trainer` calling `.train()` on the whole model must not
         # switch on dropout or batch-norm updates here.
         return super().train(False)
+
+
+def check_pixel_values(pixel_values: torch.Tensor, image_size: int | tuple[int, int] | None, owner: str) -> None:
+    """Refuse pixels that `owner` cannot read, naming their shape and the expected one (instead of a shape error deep
+    inside the image tower)."""
+    if image_size is None:
+        return
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if (
+        not isinstance(pixel_values, torch.Tensor)
+        or pixel_values.dim() != 4
+        or pixel_values.shape[-2:] != (height, width)
+    ):
+        shape = list(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(
+            f"pixel_values of shape {shape}, but this {owner} reads [N, 3, {height}, {width}] images: make them with "
+            "its preprocess(images)."
+        )

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..utils.images import to_rgb
 from ..utils.open_clip_utils import build_open_clip
-from .base import Retriever
+from .base import Retriever, check_pixel_values
 
 
 # Pooling types for which padding after the pooled token cannot change the result under a causal mask.
@@ -113,6 +113,7 @@ class OpenCLIPRetriever(Retriever):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` pixels to `[N, D]` L2-normalised embeddings."""
+        check_pixel_values(pixel_values, getattr(self.model.visual, "image_size", None), type(self).__name__)
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         return self.model.encode_image(pixel_values, normalize=True)
 

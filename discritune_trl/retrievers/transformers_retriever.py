@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..utils.images import to_rgb
-from .base import Retriever
+from .base import Retriever, check_pixel_values
 
 
 def _pooled(output: Any) -> torch.Tensor:
@@ -86,6 +86,8 @@ class TransformersCLIPRetriever(Retriever):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` pixels to `[N, D]` L2-normalised embeddings."""
+        vision_config = getattr(self.model.config, "vision_config", None)
+        check_pixel_values(pixel_values, getattr(vision_config, "image_size", None), type(self).__name__)
         features = _pooled(
             self.model.get_image_features(pixel_values=pixel_values.to(device=self.device, dtype=self.dtype))
         )

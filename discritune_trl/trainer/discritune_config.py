@@ -311,6 +311,10 @@ class DiscriTuneConfig(TrainingArguments):
                 f"max_new_tokens={self.max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: CLIP reads "
                 "at most 75 caption tokens (paper: 40)."
             )
+        if not self.learning_rate > 0:  # also NaN
+            raise ValueError(
+                f"learning_rate={self.learning_rate} must be > 0: the policy would not change (paper: 1e-7)."
+            )
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size={self.cache_batch_size} must be >= 1.")
         if self.num_generations < 1:

@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 import torch
 from peft import get_peft_model
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Trainer
@@ -87,17 +88,21 @@ class DiscriTuneTrainer(Trainer):
             args = DiscriTuneConfig(output_dir="discritune-output")
         if not isinstance(args, DiscriTuneConfig):
             raise TypeError(f"args must be a DiscriTuneConfig, got {type(args).__name__}.")
+        # Every argument is checked before anything passed in is changed (dropout switched off, PEFT wrapping).
+        model = _as_policy(model)
+        _check_policy(model)
+        images = train_dataset  # as given: the reward model's hard-negative bank reads the decoded images
+        train_dataset = _prepare_dataset(train_dataset, args.image_column, "train_dataset")
+        eval_dataset = _prepare_dataset(eval_dataset, args.image_column, "eval_dataset")
+        _check_train_size(train_dataset, args)
+        self.reward_model, self._bank_from_cache = _as_reward_model(reward_model, args, images)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         if args.disable_dropout:
             for module in model.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
-        self.reward_model, self._bank_from_cache = _as_reward_model(reward_model, args, train_dataset)
         self.ref_model = _frozen_reference(model) if args.kl_coef > 0 and peft_config is None else None
-        train_dataset = _prepare_dataset(train_dataset, args.image_column, "train_dataset")
-        eval_dataset = _prepare_dataset(eval_dataset, args.image_column, "eval_dataset")
-        _check_policy(model)
         if processing_class is None:
             processing_class = model.processing_class
         if data_collator is None:
@@ -124,6 +129,11 @@ class DiscriTuneTrainer(Trainer):
                 stop=args.stop_on_collapse,
             )
             self.add_callback(self.collapse_alarm)
+        if args.fp16 and self.accelerator.device.type == "cpu":
+            logger.warning(
+                "fp16=True on a CPU: Accelerate runs fp16 autocast and loss scaling on CUDA only, so this run trains "
+                "in fp32. Use bf16=True for mixed precision on a CPU."
+            )
         self.reward_model.to(self.accelerator.device).eval()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
@@ -142,6 +152,8 @@ class DiscriTuneTrainer(Trainer):
                 _cached_retriever_embeds(self.train_dataset), num_hard_negatives=args.num_hard_negatives
             )
         logger.info("Reward model: %s", describe_reward_model(self.reward_model))
+        if args.cache_embeddings:
+            _check_train_size(self.train_dataset, args)  # again without the images the cache pass could not read
 
     # Trainer divides our per-batch mean loss by the gradient-accumulation steps.
     loss_is_scaled_for_ga = False
@@ -690,6 +702,27 @@ def one_pass_obstacles(policy: nn.Module, args: DiscriTuneConfig) -> list[str]:
     return obstacles
 
 
+def _check_train_size(dataset, args: DiscriTuneConfig) -> None:
+    """A training set smaller than one batch would train 0 steps with `dataloader_drop_last`: refuse it."""
+    batch_size = args.per_device_train_batch_size
+    streaming = isinstance(dataset, (datasets.IterableDataset, torch.utils.data.IterableDataset))
+    if dataset is None or not args.dataloader_drop_last or streaming or not hasattr(dataset, "__len__"):
+        return
+    if len(dataset) < batch_size:
+        raise ValueError(
+            f"train_dataset has {len(dataset)} readable image(s), fewer than per_device_train_batch_size={batch_size}: "
+            "with dataloader_drop_last=True its only batch would be dropped and training would run 0 steps. Use "
+            f"per_device_train_batch_size <= {len(dataset)}, more images, or dataloader_drop_last=False."
+        )
+
+
+def _as_policy(model: Any) -> nn.Module:
+    """The captioner to train: a saved policy's folder or Hub id is loaded with `load_policy`."""
+    from ..models.auto import load_policy
+
+    return load_policy(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+
+
 def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig, train_dataset) -> tuple[nn.Module, bool]:
     """`(reward model, whether its hard-negative bank is still to come from the frozen-embedding cache)`."""
     is_retrievers = isinstance(reward_model, (list, tuple)) and all(isinstance(r, Retriever) for r in reward_model)
@@ -701,9 +734,12 @@ def _as_reward_model(reward_model: nn.Module, args: DiscriTuneConfig, train_data
             reward_model, args, train_dataset=train_dataset, defer_hard_negative_bank=bank_from_cache
         )
         return built, bank_from_cache
-    if reward_model is None or not callable(reward_model):
+    if not isinstance(reward_model, nn.Module):
         raise TypeError(
-            f"reward_model must be a DiscriminativeRewardModel or a Retriever, got {type(reward_model).__name__}."
+            f"reward_model must be a DiscriminativeRewardModel or a Retriever, got {_describe(reward_model)}. "
+            "DiscriTune's reward is a retriever's judgement of each caption among candidate images, not a function of "
+            "the text alone: wrap your retriever (a Retriever subclass), or subclass DiscriminativeRewardModel and "
+            "override compute_rewards for a new reward (docs/rewards.md)."
         )
     check_reward_model_matches(reward_model, args)
     return reward_model, False
@@ -741,10 +777,29 @@ def _prepare_dataset(dataset, image_column: str, name: str):
     """Check the image column, read images lazily (so broken files are skipped, not fatal) and add row indices.
 
     Map-style and streaming (`datasets.IterableDataset`) datasets alike; a streaming dataset whose columns are not
-    known until it is read is checked by the collator instead.
+    known until it is read is checked by the collator instead. A list of PIL images becomes a `datasets.Dataset`;
+    a dict of datasets (several evaluation sets) is prepared set by set.
     """
-    if dataset is None or not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
-        return dataset
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)) and name == "train_dataset":
+        raise TypeError(
+            f"train_dataset is a {type(dataset).__name__} with splits {list(dataset)}; training reads one split: "
+            f"pass train_dataset=dataset[{next(iter(dataset), 'train')!r}]."
+        )
+    if isinstance(dataset, dict):
+        return {key: _prepare_dataset(value, image_column, f"{name}[{key!r}]") for key, value in dataset.items()}
+    if isinstance(dataset, list) and dataset and all(isinstance(image, Image.Image) for image in dataset):
+        dataset = datasets.Dataset.from_dict({image_column: dataset}).cast_column(image_column, datasets.Image())
+    is_hf_dataset = isinstance(dataset, (datasets.Dataset, datasets.IterableDataset))
+    if dataset is None or (isinstance(dataset, torch.utils.data.Dataset) and not is_hf_dataset):
+        return dataset  # a torch dataset of rows: read as it is
+    if not is_hf_dataset:
+        raise TypeError(
+            f"{name} must be a datasets.Dataset (or IterableDataset) with an image column {image_column!r}, or a "
+            f"list of PIL images; got {_describe(dataset)}. Load image files with "
+            "discritune_trl.utils.data.load_image_dataset(path, split='train')."
+        )
+    if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
+        raise ValueError(f"{name} has no rows: pass a dataset with at least one image (was a split or filter empty?).")
     columns = dataset.column_names
     if columns is not None and image_column not in columns:
         raise ValueError(
@@ -759,3 +814,17 @@ def _prepare_dataset(dataset, image_column: str, name: str):
     if isinstance(dataset, datasets.IterableDataset):
         return dataset.map(lambda row, index: {INDEX_COLUMN: index}, with_indices=True)
     return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+
+
+def _describe(value: Any) -> str:
+    """A short description of a wrong argument for error messages: its type, and its value when short."""
+    if isinstance(value, torch.Tensor):
+        return f"a Tensor of shape {list(value.shape)}"
+    if isinstance(value, (str, os.PathLike)):
+        return f"the string {os.fspath(value)!r}"
+    if isinstance(value, list):
+        kinds = sorted({type(item).__name__ for item in value})
+        return f"a list of {len(value)} item(s) of type {', '.join(kinds) or 'none'}"
+    if callable(value) and not isinstance(value, nn.Module):
+        return f"the function {getattr(value, '__name__', repr(value))!r}"
+    return f"a {type(value).__name__}"

@@ -169,9 +169,7 @@ def load_original_clipcap_checkpoint(
         ValueError: unexpected or missing keys, a prefix length or encoder width that does not fit the weights,
             or tensors whose shapes do not match `text_config`, each named.
     """
-    state_dict = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-        state_dict = state_dict["state_dict"]
+    state_dict = _read_original_checkpoint(checkpoint_path)
     if isinstance(text_config, dict) or text_config is None:
         text_config = GPT2Config(**(text_config or {}))
     architecture = infer_original_clipcap_architecture(state_dict, text_config.n_embd, prefix_length)
@@ -203,6 +201,30 @@ def load_original_clipcap_checkpoint(
         logger.warning("No clip_pretrained tag or clip_checkpoint_path: the ClipCap image encoder is random.")
     _load_converted_weights(policy, convert_original_clipcap_state_dict(state_dict))
     return policy.eval()
+
+
+def _read_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """`torch.load` of an original checkpoint, with errors that name the file and say what it holds instead."""
+    path = os.fspath(checkpoint_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No ClipCap checkpoint at {path!r}: pass the path of the .pt file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"The ClipCap checkpoint {path!r} is empty (0 bytes): download it again.")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights-only errors alike: the file is not a readable checkpoint
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error)[:200]}). An original "
+            "ClipCap checkpoint is a state_dict saved with torch.save; download it again if it was cut off."
+        ) from error
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise ValueError(
+            f"{path!r} holds a {type(state_dict).__name__}, not a state_dict (a dict of tensors named clip_project.* "
+            "and gpt.*): pass an original ClipCap checkpoint."
+        )
+    return state_dict
 
 
 def _load_converted_weights(policy, converted: dict[str, torch.Tensor]) -> None:
