@@ -785,6 +785,11 @@ def _prepare_dataset(dataset, image_column: str, name: str):
             f"train_dataset is a {type(dataset).__name__} with splits {list(dataset)}; training reads one split: "
             f"pass train_dataset=dataset[{next(iter(dataset), 'train')!r}]."
         )
+    if isinstance(dataset, dict) and name == "train_dataset":
+        raise TypeError(
+            f"train_dataset is a dict with keys {list(dataset)}; training reads one dataset: for a dict of columns, "
+            "pass datasets.Dataset.from_dict(it)."
+        )
     if isinstance(dataset, dict):
         return {key: _prepare_dataset(value, image_column, f"{name}[{key!r}]") for key, value in dataset.items()}
     if isinstance(dataset, list) and dataset and all(isinstance(image, Image.Image) for image in dataset):
