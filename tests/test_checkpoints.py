@@ -171,3 +171,20 @@ def test_unreadable_checkpoint_state_names_its_path(killed_run, tmp_path):
     with pytest.raises(ValueError, match="holds no complete checkpoint-N folder"):
         trainer.train(resume_from_checkpoint=True)  # its only checkpoint is the broken one
     assert_unchanged(trainer, before)
+
+
+def test_a_legacy_baseline_file_is_read_and_a_garbage_one_names_its_path(killed_run, tmp_path):
+    from discritune_trl.trainer.checkpoints import read_baseline_state
+
+    checkpoint = copy_checkpoint(killed_run, tmp_path)
+    saved = {}
+    edit_trainer_state(checkpoint, lambda state: saved.update(state["stateful_callbacks"].pop("RunningMeanBaseline")))
+    assert read_baseline_state(checkpoint, "RunningMeanBaseline") is None
+    legacy = os.path.join(checkpoint, "discritune_baseline.json")  # written beside checkpoints by earlier versions
+    with open(legacy, "w") as handle:
+        json.dump(saved["attributes"], handle)
+    assert read_baseline_state(checkpoint, "RunningMeanBaseline") == saved["attributes"]
+    with open(legacy, "w") as handle:
+        handle.write("{not json")
+    with pytest.raises(ValueError, match=f"The running-mean baseline file {legacy} is unreadable"):
+        read_baseline_state(checkpoint, "RunningMeanBaseline")
