@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 
 from ..evaluation.retrieval import precision_at_1
-from ..models.policy import CaptioningPolicy, reduce_token_log_probs
+from ..models.policy import CaptioningPolicy, CaptionOutput, reduce_token_log_probs
 from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
+from ..utils.images import decode_image
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
 from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
 from .callbacks import CollapseAlarmCallback
@@ -141,6 +142,8 @@ class DiscriTuneTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._sample_captions: list[dict[str, Any]] = []
         self._num_unreadable_images = 0
+        self._num_skipped_batches = 0
+        self._unreadable_in_cache: dict[int, int] = {}  # id(cached dataset) -> rows dropped while caching it
         self._warned_greedy_evaluation = False
         self._one_pass = self._use_one_pass_step()
         self._static_cache = self._use_static_cache()
@@ -179,6 +182,33 @@ class DiscriTuneTrainer(Trainer):
         self._check_finite_loss(loss, inputs, image_inputs, token_log_probs)
         self._record_captions(captions, inputs.image_index)
         return (loss, captions) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, except for a batch left with too few readable images, which is skipped (no
+        forward, no backward: the optimizer step that follows changes nothing) and counted in
+        `data/skipped_batches`."""
+        inputs = self._prepare_inputs(inputs)
+        if self._too_few_readable_images(inputs):
+            return torch.tensor(0.0, device=self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _too_few_readable_images(self, inputs: DiscriTuneBatch) -> bool:
+        """Whether unreadable images left this step without an image on some process, or without a distractor (one
+        image in all, and no hard-negative bank). Decided on the counts of every process, so all skip together."""
+        counts, _ = gather_rows(torch.tensor([inputs.num_images], device=self.accelerator.device))
+        minimum = 1 if getattr(self.reward_model, "num_hard_negatives", 0) > 0 else 2
+        if int(counts.min()) > 0 and int(counts.sum()) >= minimum:
+            return False
+        self._num_unreadable_images += self._global_sum(inputs.num_unreadable_images)
+        self._num_skipped_batches += 1
+        logger.warning(
+            "Skipping the batch of training step %d: unreadable images left %d readable image(s) (per process: %s), "
+            "too few to reward captions against distractors. Skipped batches are counted in data/skipped_batches.",
+            self.state.global_step + 1,
+            int(counts.sum()),
+            counts.tolist(),
+        )
+        return True
 
     def _encode_policy_images(self, policy, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the policy's frozen encoder on uncached pixels once per step: generation, the greedy baseline and the
@@ -363,9 +393,10 @@ class DiscriTuneTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the DiscriTune metrics averaged since the last log, and write sample captions."""
-        if self._metrics and "loss" in logs:
+        if "loss" in logs:
             logs.update({name: sum(values) / len(values) for name, values in self._metrics.items()})
             logs["data/unreadable_images"] = float(self._num_unreadable_images)
+            logs["data/skipped_batches"] = float(self._num_skipped_batches)
             self._metrics.clear()
             self._write_sample_captions()
         super().log(logs, start_time)
@@ -391,8 +422,14 @@ class DiscriTuneTrainer(Trainer):
 
         Returns:
             `(captions, text_embeds [N, D], image_embeds [N, D])` in dataset order, the embeddings from the
-            reward model's retriever, gathered from every process. Rows whose image cannot be read are left out.
+            reward model's retriever, gathered from every process. Rows whose image cannot be read are left out
+            (`evaluate()` reports how many).
         """
+        return self._caption_dataset(dataset, num_beams, description)[:3]
+
+    def _caption_dataset(self, dataset, num_beams: int | None = None, description: str = "Captioning"):
+        """`caption_dataset`, plus the number of rows left out because their image could not be read."""
+        unreadable = self._unreadable_in_cache.get(id(dataset), 0)
         dataset = _prepare_dataset(dataset, self.args.image_column, "dataset")
         dataloader = self.get_eval_dataloader(dataset)
         policy = self.accelerator.unwrap_model(self.model)
@@ -411,12 +448,23 @@ class DiscriTuneTrainer(Trainer):
         progress = tqdm(dataloader, desc=description, disable=not self.is_local_process_zero())
         for batch in progress:
             batch = self._prepare_inputs(batch)
-            captions = self._caption(
-                policy, batch.policy_inputs, num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
-            )
-            with torch.no_grad():
-                text_embeds.append(gather_rows(self.reward_model.retriever.encode_texts(captions.texts).float())[0])
-                image_embeds.append(gather_rows(self._retriever_image_embeds(batch).float())[0])
+            unreadable += self._global_sum(batch.num_unreadable_images)
+            if batch.num_images == 0:  # nothing readable here; still take part in the other processes' gathers
+                if self.accelerator.num_processes == 1:
+                    continue
+                captions = CaptionOutput(texts=[])
+                local_text = local_image = torch.zeros(
+                    0, self.reward_model.retriever.embed_dim, device=self.accelerator.device
+                )
+            else:
+                captions = self._caption(
+                    policy, batch.policy_inputs, num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
+                )
+                with torch.no_grad():
+                    local_text = self.reward_model.retriever.encode_texts(captions.texts).float()
+                    local_image = self._retriever_image_embeds(batch).float()
+            text_embeds.append(gather_rows(local_text)[0])
+            image_embeds.append(gather_rows(local_image)[0])
             # Processes may hold different numbers of rows (unreadable images are dropped), so the gathers pad and
             # trim; rows that Accelerate repeated to even out the last batch are dropped by index below.
             indices.append(gather_rows(batch.image_index.to(self.accelerator.device))[0])
@@ -426,7 +474,8 @@ class DiscriTuneTrainer(Trainer):
         # A stream split over processes pads its short last batch with rows read before: keep each image once.
         ordered = indices[order]
         order = order[torch.cat([torch.tensor([True]), ordered[1:] != ordered[:-1]])]
-        return [texts[i] for i in order.tolist()], torch.cat(text_embeds)[order], torch.cat(image_embeds)[order]
+        texts = [texts[i] for i in order.tolist()]
+        return texts, torch.cat(text_embeds)[order], torch.cat(image_embeds)[order], unreadable
 
     def _prepare_inputs(self, inputs: DiscriTuneBatch | Mapping[str, Any]) -> DiscriTuneBatch:
         """The batch on the device; a custom `data_collator`'s dict of `DiscriTuneBatch` fields becomes one."""
@@ -469,7 +518,9 @@ class DiscriTuneTrainer(Trainer):
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        metrics = self._retrieval_metrics(*self.caption_dataset(dataset, description="Evaluating"), metric_key_prefix)
+        texts, text_embeds, image_embeds, unreadable = self._caption_dataset(dataset, description="Evaluating")
+        metrics = self._retrieval_metrics(texts, text_embeds, image_embeds, metric_key_prefix)
+        metrics[f"{metric_key_prefix}_unreadable_images"] = float(unreadable)  # rows left out: not decodable
         if self.args.eval_report_greedy:  # the training decoding, beside the evaluation's beam search
             greedy = self.caption_dataset(dataset, num_beams=1, description="Evaluating (greedy)")
             metrics.update(self._retrieval_metrics(*greedy, f"{metric_key_prefix}_greedy"))
@@ -579,6 +630,7 @@ class DiscriTuneTrainer(Trainer):
                 batch_size=self.args.cache_batch_size,
                 desc=f"Caching frozen image embeddings ({name})",
             )
+        self._unreadable_in_cache[id(cached)] = len(dataset) - len(cached)  # reported by evaluate()
         if name == "train_dataset":  # unreadable images were dropped while caching; count them once
             self._num_unreadable_images += len(dataset) - len(cached)
         return cached
@@ -805,6 +857,8 @@ def _prepare_dataset(dataset, image_column: str, name: str):
         )
     if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
         raise ValueError(f"{name} has no rows: pass a dataset with at least one image (was a split or filter empty?).")
+    if isinstance(dataset, datasets.Dataset) and image_column in dataset.column_names:
+        _check_some_image_decodes(dataset, image_column, name)
     columns = dataset.column_names
     if columns is not None and image_column not in columns:
         raise ValueError(
@@ -819,6 +873,27 @@ def _prepare_dataset(dataset, image_column: str, name: str):
     if isinstance(dataset, datasets.IterableDataset):
         return dataset.map(lambda row, index: {INDEX_COLUMN: index}, with_indices=True)
     return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+
+
+def _check_some_image_decodes(dataset: datasets.Dataset, image_column: str, name: str) -> None:
+    """Refuse a dataset in which no image decodes (it would train or evaluate on nothing), showing the first error.
+    Reads rows until one decodes: one row for a healthy dataset. Datasets holding both cached embeddings never need
+    their images and are not read."""
+    if POLICY_EMBEDS_COLUMN in dataset.column_names and RETRIEVER_EMBEDS_COLUMN in dataset.column_names:
+        return
+    first_error = None
+    for index in range(len(dataset)):
+        try:
+            decode_image(dataset[index][image_column])
+            return
+        except Exception as error:  # as the collator: any decoding failure
+            first_error = first_error or (index, error)
+    index, error = first_error
+    raise ValueError(
+        f"{name}: none of its {len(dataset)} images can be decoded, so there is nothing to train or evaluate on. The "
+        f"first error (row {index}): {type(error).__name__}: {error}. Check the {image_column!r} column (complete "
+        "downloads? paths valid from where you run?)."
+    )
 
 
 def _describe(value: Any) -> str:
