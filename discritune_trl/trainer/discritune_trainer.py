@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 
 from ..evaluation.retrieval import precision_at_1
+from ..models.auto import load_policy
 from ..models.policy import CaptioningPolicy, CaptionOutput, reduce_token_log_probs
 from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
@@ -770,8 +771,6 @@ def _check_train_size(dataset, args: DiscriTuneConfig) -> None:
 
 def _as_policy(model: Any) -> nn.Module:
     """The captioner to train: a saved policy's folder or Hub id is loaded with `load_policy`."""
-    from ..models.auto import load_policy
-
     return load_policy(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
 
 
