@@ -302,7 +302,7 @@ def plot_regime_curves(outcomes: dict, options: argparse.Namespace, path: str) -
 
 def main() -> None:
     argv = sys.argv[1:]
-    if not argv or argv[0] not in ("tables", "regimes", "run"):
+    if not argv or argv[0] not in ("tables", "regimes", "run", "-h", "--help"):
         argv = ["tables", *argv]  # the original command line, without a sub-command
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
