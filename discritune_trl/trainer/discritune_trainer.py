@@ -750,7 +750,9 @@ def one_pass_obstacles(policy: nn.Module, args: DiscriTuneConfig) -> list[str]:
             f"dropout is active in {dropout[:3]}{'...' if len(dropout) > 3 else ''} (captions must be decoded without "
             "it: set disable_dropout=True)"
         )
-    if args.gradient_checkpointing or getattr(policy, "is_gradient_checkpointing", False):
+    # transformers renamed `is_gradient_checkpointing` to `is_activation_checkpointing` (the old name warns).
+    checkpointing = "is_activation_checkpointing" if hasattr(type(policy), "is_activation_checkpointing") else None
+    if args.gradient_checkpointing or getattr(policy, checkpointing or "is_gradient_checkpointing", False):
         obstacles.append("gradient checkpointing recomputes without the KV cache (set gradient_checkpointing=False)")
     return obstacles
 
