@@ -231,8 +231,14 @@ def test_every_recipe_parses_into_a_valid_config(recipe, script, load_example):
     training_args = parsed[1]
     assert training_args.learning_rate == 1e-7 and training_args.per_device_train_batch_size == 100
     assert sorted(os.listdir(RECIPES)) == sorted(
-        ["clipcap_coco.yaml", "clipcap_conceptual_captions.yaml", "blip_coco.yaml", "world_greedy_baseline.yaml"]
-    )  # a new recipe gets a row in this test
+        [
+            "clipcap_coco.yaml",
+            "clipcap_conceptual_captions.yaml",
+            "blip_coco.yaml",
+            "world_greedy_baseline.yaml",
+            "smolvlm_coco.yaml",  # LoRA's learning rate, not the paper's: tested in tests/test_vlm.py
+        ]
+    )  # a new recipe gets a row in this test (or its own test)
 
 
 def test_a_recipe_with_an_unknown_field_is_refused(tmp_path, load_example):

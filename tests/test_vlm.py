@@ -1,5 +1,10 @@
 """`VLMPolicy` over three tiny prompted vision-language families (Idefics3/SmolVLM, Qwen2-VL, LLaVA), built offline."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -154,3 +159,64 @@ def test_lora_with_kl_trains_only_adapters_and_saves_loads_and_merges(family, tm
     assert loaded.generate_captions(batch, max_new_tokens=6).texts == expected
     merged = loaded.merge_and_unload()
     assert type(merged) is VLMPolicy and merged.generate_captions(batch, max_new_tokens=6).texts == expected
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_finetune_vlm(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, os.path.join(ROOT, "examples", "finetune_vlm.py"), "--report_to", "none", "--use_cpu"]
+    result = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_finetune_vlm_runs_with_no_arguments_and_saves_lora_adapters_and_the_merged_policy(tmp_path):
+    run_finetune_vlm("--output_dir", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+    merged = load_policy(str(tmp_path / "out" / "merged"))
+    assert type(merged) is VLMPolicy and merged.config.vlm_config["model_type"] == "idefics3"
+
+
+def test_finetune_vlm_trains_and_saves_a_local_model_folder(tmp_path):
+    model, processor = tiny_vlm("qwen2_vl")
+    model.save_pretrained(tmp_path / "qwen2_vl")
+    processor.save_pretrained(tmp_path / "qwen2_vl")
+    run_finetune_vlm(
+        "--model_name_or_path", str(tmp_path / "qwen2_vl"),
+        "--use_lora", "false",
+        "--max_steps", "1",
+        "--per_device_train_batch_size", "4",
+        "--max_new_tokens", "4",
+        "--output_dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    trained = load_policy(str(tmp_path / "out"))
+    assert type(trained) is VLMPolicy and trained.config.vlm_config["model_type"] == "qwen2_vl"
+    before = VLMPolicy.from_vlm(model, processor).state_dict()
+    assert any(not torch.equal(p, before[name]) for name, p in trained.state_dict().items())
+
+
+def test_smolvlm_recipe_parses_and_flags_override_it():
+    spec = importlib.util.spec_from_file_location("finetune_vlm", os.path.join(ROOT, "examples", "finetune_vlm.py"))
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(example)
+    recipe = os.path.join(ROOT, "examples", "recipes", "smolvlm_coco.yaml")
+    script_args, training_args = example.parse_arguments(["--config", recipe, "--lora_r", "8", "--use_cpu"])
+    assert script_args.model_name_or_path == "HuggingFaceTB/SmolVLM-256M-Instruct" and script_args.use_lora
+    assert script_args.lora_r == 8 and script_args.retriever_name_or_path == "google/siglip2-base-patch16-224"
+    assert training_args.per_device_train_batch_size == 100 and training_args.train_decoding == "greedy"
+
+
+def test_lora_trains_with_gradient_checkpointing_and_the_policy_runs_in_bf16(tmp_path):
+    policy = build_policy("idefics3")
+    trainer = train(policy, tmp_path, peft_config=vlm_lora_config(r=4), config_kwargs={"gradient_checkpointing": True})
+    assert any(getattr(module, "gradient_checkpointing", False) for module in policy.modules())
+    assert any(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
+
+    bf16 = build_policy("idefics3").to(torch.bfloat16)
+    batch = bf16.preprocess(images())
+    captions = bf16.generate_captions(batch, max_new_tokens=4)
+    log_probs = bf16.caption_log_probs(captions.sequences, captions.caption_mask, batch)
+    assert log_probs.dtype == torch.float32 and torch.isfinite(log_probs).all()
