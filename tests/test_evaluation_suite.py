@@ -76,9 +76,9 @@ def test_example_script_end_to_end(tmp_path, load_example):
         "--hard_distractors", "true",
         "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
-    (args,) = module.TrlParser(module.EvaluationArguments).parse_args_and_config(argv)
-    assert args.num_beams == 5
-    results = module.main(args)
+    args, retriever_args = module.parse_arguments(argv)
+    assert args.num_beams == 5 and args.dataset_name == [str(tmp_path / "data_a"), str(tmp_path / "data_b")]
+    results = module.main(args, retriever_args)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert set(saved) == {"SetA", "SetB"} and set(saved["SetA"]) == {"Descriptive", "Vague", "Human captions"}

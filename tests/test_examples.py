@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from discritune_trl import ClipCapPolicy, DiscriminativeRewardModel
+from discritune_trl.scripts import train as train_script
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_clip_retriever
 
@@ -36,7 +37,7 @@ def local_model_flags(folder) -> list[str]:
     torch.save(retriever.model.state_dict(), folder / "retriever.pt")
     (folder / "retriever.json").write_text(json.dumps(tiny_open_clip_config()))
     return [
-        "--clipcap_model", str(folder / "clipcap"),
+        "--model_name_or_path", str(folder / "clipcap"),
         "--retriever_model_cfg", str(folder / "retriever.json"),
         "--retriever_checkpoint", str(folder / "retriever.pt"),
     ]  # fmt: skip
@@ -129,8 +130,8 @@ def test_num_hard_negatives_on_the_clipcap_example_command_line(tmp_path, monkey
     assert "OpenCLIPRetriever" in card
 
 
-def test_evaluation_sets_of_the_clipcap_example(tmp_path, load_example):
-    module = load_example("finetune_clipcap.py")
+def test_evaluation_sets_of_the_clipcap_example(tmp_path):
+    module = train_script
     images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(3)]
     datasets.Dataset.from_dict({"image": images}).save_to_disk(str(tmp_path / "one"))
     single = module.load_eval_datasets(
@@ -191,7 +192,7 @@ RECIPES = os.path.join(ROOT, "examples", "recipes")
 
 
 def test_clipcap_recipe_sets_the_papers_setting_and_flags_override_it(load_example):
-    script_args, training_args, model_args = load_example("finetune_clipcap.py").parse_arguments(
+    script_args, training_args, model_args, retriever_args, _ = load_example("finetune_clipcap.py").parse_arguments(
         ["--config", os.path.join(RECIPES, "clipcap_coco.yaml"), "--learning_rate", "3e-7", "--use_cpu"]
     )
     assert training_args.learning_rate == 3e-7  # the command line wins over the YAML
@@ -202,15 +203,15 @@ def test_clipcap_recipe_sets_the_papers_setting_and_flags_override_it(load_examp
         "greedy",
     )
     assert training_args.output_dir == "discritune-clipcap-coco"
-    assert script_args.dataset_name == "./coco_karpathy" and model_args.clipcap_model == "./coco_weights.pt"
-    assert (model_args.retriever_model_name, model_args.retriever_pretrained) == ("ViT-B-32", "openai")
+    assert script_args.dataset_name == "./coco_karpathy" and model_args.model_name_or_path == "./coco_weights.pt"
+    assert (retriever_args.retriever_model_name, retriever_args.retriever_pretrained) == ("ViT-B-32", "openai")
     assert training_args.max_steps == -1  # the world's defaults stay out of a run on a named dataset
 
 
 def test_world_recipe_keeps_its_fields_over_the_world_defaults(load_example):
     from discritune_trl.world.job import WORLD_TRAINING_DEFAULTS
 
-    script_args, training_args, _ = load_example("finetune_clipcap.py").parse_arguments(
+    script_args, training_args, *_ = load_example("finetune_clipcap.py").parse_arguments(
         ["--config", os.path.join(RECIPES, "world_greedy_baseline.yaml"), "--use_cpu"]
     )
     assert script_args.dataset_name is None  # the embedded world

@@ -6,7 +6,8 @@
 4. `trainer`
 5. `discritune_trl` itself (the package `__init__`: its public names)
 6. `world` (the embedded job)
-7. `testing` (tiny models of every kind, for tests), above all
+7. `scripts` (the command line: `discritune-trl` and the scripts it runs)
+8. `testing` (tiny models of every kind, for tests), above all
 
 A module may import its own subpackage and any lower layer, never a layer above it nor a peer in its own layer.
 Module-level and function-level imports count alike, relative and absolute. Also: a checkpoint converter
@@ -32,6 +33,7 @@ LAYERS = (
     ("trainer",),
     (ROOT_UNIT,),
     ("world",),
+    ("scripts",),
     ("testing",),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
@@ -138,6 +140,7 @@ def test_imports_go_one_way():
         (f"{PACKAGE}.trainer.collator", False, "from .. import world"),
         (f"{PACKAGE}.models.clipcap.modeling_clipcap", False, "from .convert_original import load"),
         (f"{PACKAGE}.trainer.collator", False, "def f():\n    from .batch import DiscriTuneBatch"),
+        (f"{PACKAGE}.world.job", False, "from ..scripts.train import main"),
     ],
 )
 def test_the_checker_flags_imports_against_the_layering(module, is_package, source):
@@ -160,6 +163,11 @@ def test_the_checker_flags_imports_against_the_layering(module, is_package, sour
             "from ..trainer import DiscriTuneTrainer\nfrom discritune_trl import Retriever",
         ),
         (f"{PACKAGE}.testing.world", False, "from ..world import WorldConfig"),
+        (
+            f"{PACKAGE}.scripts.train",
+            False,
+            "from ..world import run_world_job\nfrom ..trainer import DiscriTuneConfig",
+        ),
         (PACKAGE, True, "from .trainer import DiscriTuneTrainer"),
         (f"{PACKAGE}.evaluation.language", False, "def f():\n    import spacy"),
     ],

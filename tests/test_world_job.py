@@ -78,7 +78,7 @@ def test_the_command_line_honours_dash_flags_and_lora_on_the_world(tmp_path, loa
     """The bug: dash spellings (`--max-steps`) were overwritten by the world's values, `--use_peft` dropped."""
     module = load_example("finetune_clipcap.py")
     output_dir = tmp_path / "out"
-    script_args, training_args, model_args = module.parse_arguments(
+    parsed = module.parse_arguments(
         [
             "--max-steps", "2",
             "--learning-rate", "1e-3",
@@ -92,9 +92,10 @@ def test_the_command_line_honours_dash_flags_and_lora_on_the_world(tmp_path, loa
             "--use_cpu", "--disable_tqdm", "true",
         ]
     )  # fmt: skip
+    training_args = parsed[1]
     assert (training_args.max_steps, training_args.learning_rate) == (2, 1e-3)
     assert training_args.logging_steps == WORLD_TRAINING_DEFAULTS["logging_steps"]  # not given: the world's
-    module.main(script_args, training_args, model_args, world_config=tiny_world_config())
+    module.main(*parsed, world_config=tiny_world_config())
 
     results = json.loads((output_dir / "results.json").read_text())
     assert results["training"]["max_steps"] == 2 and results["training"]["learning_rate"] == 1e-3
@@ -109,14 +110,14 @@ def test_the_world_defaults_show_in_help_and_a_named_dataset_keeps_the_papers(lo
     help_text = " ".join(capsys.readouterr().out.split())
     assert "Without --dataset_name" in help_text and "the embedded synthetic world runs" in help_text
     assert "(default: 2e-05)" in help_text  # the learning rate this path uses
-    _, training_args, _ = module.parse_arguments(["--dataset_name", "./data", "--use_cpu"])
+    _, training_args, *_ = module.parse_arguments(["--dataset_name", "./data", "--use_cpu"])
     assert training_args.max_steps == -1 and training_args.learning_rate == 1e-7
 
 
 @pytest.mark.parametrize(
     "argv, name",
     [
-        (["--clipcap_model", "./weights.pt"], "clipcap_model"),
+        (["--model_name_or_path", "./weights.pt"], "model_name_or_path"),
         (["--retriever-pretrained", "laion2b"], "retriever_pretrained"),
         (["--max_train_samples", "8"], "max_train_samples"),
     ],

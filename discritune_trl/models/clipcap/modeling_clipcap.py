@@ -72,6 +72,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     _no_split_modules = ["GPT2Block"]
+    lora_target_modules = ["c_attn"]  # default LoRA targets: GPT-2's attention (Conv1D: fan_in_fan_out=True)
 
     def __init__(self, config: ClipCapConfig, tokenizer: Any | None = None):
         super().__init__(config)
