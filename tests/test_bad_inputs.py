@@ -20,6 +20,7 @@ from discritune_trl import ClipCapPolicy, DiscriminativeRewardModel, DiscriTuneC
 from discritune_trl.evaluation.retrieval import precision_at_1, recall_at_k, retrieval_metrics
 from discritune_trl.models.auto import load_policy
 from discritune_trl.retrievers.open_clip_retriever import OpenCLIPRetriever
+from discritune_trl.scripts import train as train_script
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 from discritune_trl.utils.data import load_image_dataset
@@ -124,11 +125,16 @@ def test_example_flags_refuse_bad_values_naming_them(load_example, capsys):
     assert "invalid choice: 'avg'" in capsys.readouterr().err
 
 
-def test_example_cross_domain_eval_flag_without_a_name_is_refused(load_example):
-    module = load_example("finetune_clipcap.py")
-    script_args = module.parse_arguments(["--cross_domain_eval", "just/a/path", "--use_cpu"])[0]
+def test_example_cross_domain_eval_flag_without_a_name_is_refused():
+    argv = ["--dataset_name", "./data", "--cross_domain_eval", "just/a/path", "--use_cpu"]
+    script_args = train_script.parse_arguments(argv)[0]
     with pytest.raises(ValueError, match=re.escape("--cross_domain_eval 'just/a/path': expected NAME=PATH")):
-        module.load_eval_datasets(script_args)
+        train_script.load_eval_datasets(script_args)
+
+
+def test_example_cross_domain_eval_flag_is_refused_on_the_world():
+    with pytest.raises(ValueError, match="--cross_domain_eval=.*does not apply to the embedded world"):
+        train_script.parse_arguments(["--cross_domain_eval", "a=just/a/path", "--use_cpu"])
 
 
 # ---------------------------------------------------------------- the trainer's arguments
