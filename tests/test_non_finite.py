@@ -65,3 +65,23 @@ def test_non_finite_gradient_norm_stops_before_the_update(tmp_path):
     with pytest.raises(FloatingPointError, match=r"Non-finite gradient norm \(.*\) at training step 2") as error:
         trainer.train()
     assert_stopped_before_the_update(trainer, error, step=2)
+
+
+def test_nan_in_a_processor_batch_feature_names_the_row(tmp_path):
+    """A policy whose preprocess returns a mapping (VLMPolicy's BatchFeature) gets the same named error, not an
+    AttributeError from the check itself."""
+    from transformers import BatchFeature
+
+    from discritune_trl.trainer.batch import DiscriTuneBatch
+
+    trainer = make_trainer(tmp_path, max_steps=1, cache_embeddings=False)
+    pixels = torch.zeros(3, 3, 8, 8)
+    pixels[1] = float("nan")
+    batch = DiscriTuneBatch(
+        image_index=torch.tensor([7, 8, 9]),
+        policy_pixel_values=BatchFeature({"pixel_values": pixels, "input_ids": torch.zeros(3, 4, dtype=torch.long)}),
+        retriever_image_embeds=torch.zeros(3, 4),
+    )
+    loss = torch.tensor(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"the policy's pixel_values of dataset row\(s\) \[8\]"):
+        trainer._check_finite_loss(loss, batch, {}, torch.zeros(3, 2))

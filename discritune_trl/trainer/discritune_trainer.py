@@ -324,8 +324,10 @@ class DiscriTuneTrainer(Trainer):
             return
         rows = inputs.image_index.tolist()
 
-        def bad_rows(values: torch.Tensor | None) -> list[int]:
-            if values is None:
+        def bad_rows(values: torch.Tensor | Mapping | None) -> list[int]:
+            if isinstance(values, Mapping):  # a processor's BatchFeature (VLMPolicy): its per-image pixel_values
+                values = values.get("pixel_values")
+            if values is None or values.shape[0] != len(rows):  # tiles or patches not one row per image
                 return []
             finite = torch.isfinite(values.float()).reshape(values.shape[0], -1).all(dim=1).tolist()
             return [rows[i] for i, ok in enumerate(finite) if not ok][:5]
