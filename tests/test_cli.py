@@ -138,17 +138,30 @@ def test_unknown_command_and_help(capsys):
 
 @pytest.mark.slow
 def test_console_script_from_a_non_editable_install(tmp_path, image_data):
-    """`pip install .` (not editable) into a fresh venv that reuses this one's packages: the installed
+    """`pip install .` (not editable) into a fresh venv that reuses this venv's packages: the installed
     `discritune-trl` runs, from the installed package, not from the checkout."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python, script = venv / "bin" / "python", venv / "bin" / "discritune-trl"
+    # This venv's packages (pip, setuptools, torch, ...) through a .pth file: `--system-site-packages` would see the
+    # base interpreter's, not this venv's. The editable install of the checkout is not seen (its own .pth is not read).
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    parent = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with open(os.path.join(purelib, "parent_venv.pth"), "w") as handle:
+        handle.write(parent + "\n")
     build = tmp_path / "build"
     subprocess.run(["cp", "-r", ROOT, str(build)], check=True)  # pip builds in place: keep the checkout clean
     subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", str(build)],
         check=True,
-        capture_output=True,
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     run = {"env": env, "cwd": str(tmp_path), "capture_output": True, "text": True, "check": True}
