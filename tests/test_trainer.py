@@ -415,11 +415,15 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
     assert all(block.gradient_checkpointing for block in trainer.model.language_model.transformer.h)
 
 
-def test_gradient_accumulation_warns_that_each_micro_batch_is_its_own_candidate_pool(tmp_path, caplog):
-    make_trainer(tmp_path)
-    assert "candidate pool" not in caplog.text
-    trainer = make_trainer(tmp_path, gradient_accumulation_steps=2)
+def test_gradient_accumulation_warns_that_each_micro_batch_forms_its_own_candidate_pools(tmp_path, caplog):
+    make_trainer(tmp_path, pool_size=4, gradient_accumulation_steps=2)
+    assert "candidate pool" not in caplog.text  # full pools of 4: accumulating only adds pools
+    make_trainer(tmp_path, pool_size=-1, gradient_accumulation_steps=2)
     assert "gradient_accumulation_steps=2" in caplog.text and "3 in-batch distractors, not the 7" in caplog.text
+    caplog.clear()
+    trainer = make_trainer(tmp_path, gradient_accumulation_steps=2)  # pool_size=100 (the paper) on batches of 4
+    assert "3 in-batch distractors, not the paper's 99" in caplog.text
+    assert "gradient_accumulation_steps=2 does not help: each micro-batch forms its own pools" in caplog.text
     seen = []
     original = trainer.reward_model.forward
     trainer.reward_model.forward = lambda *args, **kwargs: seen.append(original(*args, **kwargs)) or seen[-1]

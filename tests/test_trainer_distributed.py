@@ -123,3 +123,40 @@ def test_two_processes_with_an_unreadable_image_on_one_rank_train_and_evaluate(t
         assert len(case[0]["eval_captions"]) == 15 and case[0]["eval_captions"] == case[1]["eval_captions"]
         assert case[0]["eval_image_embeds"].shape[0] == 15
         torch.testing.assert_close(case[0]["eval_text_embeds"], case[1]["eval_text_embeds"])
+
+
+@pytest.mark.distributed
+def test_two_processes_with_pools_of_100_reward_each_rank_like_one_process_with_its_own_100_images(tmp_path):
+    """Issue 15: with pools, adding a process adds pools, not distractors; pool_size=-1 keeps the global batch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(ROOT, "examples", "accelerate_configs", "cpu_2proc.yaml"),
+        "--main_process_port", "0",
+        os.path.join(ROOT, "tests", "scripts", "two_process_pools.py"), str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    single = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched process: the same kernels, so the same bits
+    try:
+        for rank in ranks:  # pools of 100: exactly one process alone with its own 100 images
+            call = rank[100]["first_call"]
+            assert call["num_candidates"] == 100 and len(call["captions"]) == 100
+            assert torch.equal(call["rewards"], single(call["captions"], pixel_values=call["pixel_values"]).rewards)
+    finally:
+        torch.set_num_threads(threads)
+    log = next(entry for entry in ranks[0][100]["log_history"] if "pool/size" in entry)
+    assert log["pool/size"] == 100 and log["pool/count"] == 2
+    # pool_size=-1: every caption against the 200 images of both processes, as before pools existed.
+    calls = [rank[-1]["first_call"] for rank in ranks]
+    assert all(call["num_candidates"] == 200 for call in calls)
+    expected = single(
+        calls[0]["captions"] + calls[1]["captions"],
+        pixel_values=torch.cat([calls[0]["pixel_values"], calls[1]["pixel_values"]]),
+    ).rewards
+    torch.testing.assert_close(torch.cat([call["rewards"] for call in calls]), expected, rtol=1e-5, atol=1e-5)
+    log = next(entry for entry in ranks[0][-1]["log_history"] if "pool/size" in entry)
+    assert log["pool/size"] == 200 and log["pool/count"] == 1

@@ -18,6 +18,29 @@ def process_rank_and_count() -> tuple[int, int]:
 
 
 @torch.no_grad()
+def gather_rows_by_process(local_rows: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's `[n_rank, ...]` rows, one tensor per process in rank order; processes may hold different
+    `n_rank`. Every process must call it, with rows of the same trailing shape and dtype.
+
+    Works with any `torch.distributed` backend (gloo on CPU, NCCL on GPU with the rows on this process's GPU).
+    """
+    _, world_size = process_rank_and_count()
+    if world_size == 1:
+        return [local_rows]
+    local_rows = local_rows.contiguous()
+    size = torch.tensor([local_rows.shape[0]], device=local_rows.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    # all_gather needs equal shapes: pad every process to the largest, then drop the padding.
+    padded = local_rows.new_zeros((max(sizes), *local_rows.shape[1:]))
+    padded[: local_rows.shape[0]] = local_rows
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    return [rows[:n] for rows, n in zip(gathered, sizes)]
+
+
+@torch.no_grad()
 def gather_rows(local_rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate every process's `[n_rank, ...]` rows in rank order; processes may hold different `n_rank`.
 
@@ -30,18 +53,8 @@ def gather_rows(local_rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     rank, world_size = process_rank_and_count()
     if world_size == 1:
         return local_rows, 0
-    local_rows = local_rows.contiguous()
-    size = torch.tensor([local_rows.shape[0]], device=local_rows.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world_size)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s.item()) for s in sizes]
-    # all_gather needs equal shapes: pad every process to the largest, then drop the padding.
-    padded = local_rows.new_zeros((max(sizes), *local_rows.shape[1:]))
-    padded[: local_rows.shape[0]] = local_rows
-    gathered = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded)
-    all_rows = torch.cat([rows[:n] for rows, n in zip(gathered, sizes)])
-    return all_rows, sum(sizes[:rank])
+    parts = gather_rows_by_process(local_rows)
+    return torch.cat(parts), sum(part.shape[0] for part in parts[:rank])
 
 
 def gather_objects(local_objects: list) -> list:

@@ -12,8 +12,9 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..retrievers.base import Retriever
-from .distributed import gather_rows
+from .distributed import gather_rows_by_process, process_rank_and_count
 from .hard_negatives import mine_hard_negatives
+from .pools import pool_bounds
 
 
 REWARD_TYPES = ("log_prob", "accuracy", "cosine")
@@ -30,17 +31,21 @@ class RewardOutput(ModelOutput):
     Args:
         rewards (`torch.FloatTensor` of shape `[B]`): one reward per caption.
         logits (`torch.FloatTensor` of shape `[B, N]`): `logit_scale * cosine` of each caption with each
-            candidate: the `N_batch` images of the (global) batch, then the caption's own hard negatives
-            (`-inf` where fewer than `num_hard_negatives` passed the similarity ceiling).
+            candidate: the images of the caption's pool (the whole, possibly global, batch unless `pool_size` is
+            given; `-inf` after the last image of a pool smaller than the largest), then the caption's own hard
+            negatives (`-inf` where fewer than `num_hard_negatives` passed the similarity ceiling).
         accuracy (`torch.FloatTensor` of shape `[B]`): 1.0 where the target scores strictly above every other
             candidate, else 0.0 (with several retrievers averaged with `"mean"`, the fraction that retrieve it).
         target_indices (`torch.LongTensor` of shape `[B]`): column of each caption's target in `logits`.
+        pool_sizes (`torch.LongTensor` of shape `[P]`): images in each of the `P` pools this process's captions
+            were scored in (hard negatives not counted).
     """
 
     rewards: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     accuracy: torch.FloatTensor | None = None
     target_indices: torch.LongTensor | None = None
+    pool_sizes: torch.LongTensor | None = None
 
 
 class DiscriminativeRewardModel(nn.Module):
@@ -50,11 +55,18 @@ class DiscriminativeRewardModel(nn.Module):
     negatives), `logits[c, j] = logit_scale * text_embed(c) . image_embed(j)` and the paper's reward is
     `log_softmax(logits[c])[i]` (Section 3).
 
-    **Candidates.** Every image of the batch is a candidate for every caption (in-batch distractors). When
-    `torch.distributed` is initialised (e.g. by `accelerate launch`) and `gather_across_processes=True`, the image
-    embeddings of all processes are gathered, so 4 processes x 25 images behave like the paper's batch of 100;
-    each process gets rewards for its own captions only, and `target_indices` are offset by the images of the
-    processes before it. Every process must call `forward` the same number of times.
+    **Candidates.** By default every image of the batch is a candidate for every caption (in-batch distractors).
+    When `torch.distributed` is initialised (e.g. by `accelerate launch`) and `gather_across_processes=True`, the
+    image embeddings of all processes are gathered (processes may hold different numbers of images), so 4 processes
+    x 25 images behave like the paper's batch of 100; each process gets rewards for its own captions only, and
+    `target_indices` are offset by the images of the processes before it. Every process must call `forward` the
+    same number of times.
+
+    **Pools** (`forward(pool_size=..., processes_per_pool=...)`, what `DiscriTuneTrainer` passes from
+    `DiscriTuneConfig.pool_size`; see `discritune_trl.rewards.pools`). The images of `processes_per_pool`
+    consecutive processes (1: this process's only, no gather) are split into consecutive pools of `pool_size`
+    images, and each caption is scored against its own pool only: 1,000 images in pools of 100 are ten times the
+    paper's task, not one harder task. Hard negatives are added to each caption's pool.
 
     **Several captions per image.** `captions` may hold `G` captions per image (`len(captions) == G * num_images`),
     the `G` captions of an image consecutive (as `generate_captions(num_return_sequences=G)` returns them); the
@@ -218,6 +230,8 @@ class DiscriminativeRewardModel(nn.Module):
         target_indices: torch.LongTensor | None = None,
         target_bank_indices: torch.LongTensor | None = None,
         step: int | None = None,
+        pool_size: int | None = None,
+        processes_per_pool: int | None = None,
     ) -> RewardOutput:
         """Reward `B` captions of this process's `num_images` images.
 
@@ -230,11 +244,21 @@ class DiscriminativeRewardModel(nn.Module):
             target_bank_indices: `[num_images]` row of each image in `hard_negative_bank` (`-1` if absent), so
                 mining never returns the target itself even when its bank embedding differs slightly.
             step: training step for `multi_retriever="alternate"`; defaults to the number of successful calls so far.
+            pool_size: split the candidate images into pools of this many consecutive images (see
+                `discritune_trl.rewards.pools.pool_bounds`) and score each caption against its pool only; `None`:
+                one pool of all candidate images.
+            processes_per_pool: the candidate images are those of this many consecutive processes, this one
+                included (1: this process's only, no gather); defaults to all processes when
+                `gather_across_processes`, else 1. Must divide the number of processes.
 
         Returns:
-            `RewardOutput` with `rewards`, `logits`, `accuracy` and (global) `target_indices`.
+            `RewardOutput` with `rewards`, `logits`, `accuracy`, `target_indices` (columns in `logits`) and
+            `pool_sizes`.
         """
         captions = _check_captions(captions)
+        processes_per_pool = self._processes_per_pool(processes_per_pool)
+        if pool_size is not None and pool_size < 1:
+            raise ValueError(f"pool_size={pool_size} must be >= 1 (or None for one pool of all images).")
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("Pass exactly one of pixel_values (from reward_model.preprocess) or image_embeds.")
         images = self._per_retriever(image_embeds if pixel_values is None else pixel_values, "images")
@@ -249,7 +273,11 @@ class DiscriminativeRewardModel(nn.Module):
             else:
                 local_embeds = images[index]
                 _check_finite(local_embeds, "image_embeds", "recompute them with reward_model.encode_images")
-            outputs.append(self._score(index, captions, local_embeds, target_indices, target_bank_indices))
+            outputs.append(
+                self._score(
+                    index, captions, local_embeds, target_indices, target_bank_indices, pool_size, processes_per_pool
+                )
+            )
         self._num_calls += 1  # only a call that succeeded moves the "alternate" rotation on
         if len(outputs) == 1:
             return outputs[0]
@@ -258,7 +286,24 @@ class DiscriminativeRewardModel(nn.Module):
             logits=torch.stack([output.logits for output in outputs]).mean(0),
             accuracy=torch.stack([output.accuracy for output in outputs]).mean(0),
             target_indices=outputs[0].target_indices,
+            pool_sizes=outputs[0].pool_sizes,
         )
+
+    def _processes_per_pool(self, processes_per_pool: int | None) -> int:
+        _, world_size = process_rank_and_count()
+        if processes_per_pool is None:
+            return world_size if self.gather_across_processes else 1
+        if processes_per_pool > 1 and not self.gather_across_processes:
+            raise ValueError(
+                f"processes_per_pool={processes_per_pool} gathers images across processes, but this reward model "
+                "was built with gather_across_processes=False; build it with gather_across_processes=True or use "
+                "processes_per_pool=1."
+            )
+        if processes_per_pool < 1 or world_size % processes_per_pool:
+            raise ValueError(
+                f"processes_per_pool={processes_per_pool} must be >= 1 and divide the {world_size} process(es)."
+            )
+        return processes_per_pool
 
     def _score(
         self,
@@ -267,6 +312,8 @@ class DiscriminativeRewardModel(nn.Module):
         local_image_embeds: torch.Tensor,
         target_indices: torch.LongTensor | None,
         target_bank_indices: torch.LongTensor | None,
+        pool_size: int | None,
+        processes_per_pool: int,
     ) -> RewardOutput:
         retriever = self.retrievers[retriever_index]
         if local_image_embeds.ndim != 2:
@@ -282,24 +329,36 @@ class DiscriminativeRewardModel(nn.Module):
             )
         local_targets = _local_targets(len(captions), local_image_embeds.shape[0], target_indices, device)  # [B]
 
-        if self.gather_across_processes:
-            candidate_embeds, offset = gather_rows(local_image_embeds)  # [N, D]
-        else:
-            candidate_embeds, offset = local_image_embeds, 0
-        if candidate_embeds.shape[0] == 1 and self.num_hard_negatives == 0 and self.reward_type != "cosine":
+        candidate_embeds, offset = _pool_group_rows(local_image_embeds, processes_per_pool)  # [N, D]
+        bounds = pool_bounds(candidate_embeds.shape[0], pool_size)
+        smallest_pool = min(end - start for start, end in bounds)
+        if smallest_pool == 1 and self.num_hard_negatives == 0 and self.reward_type != "cosine":
             raise ValueError(
-                "The batch holds a single image and no hard negatives: there is no distractor to discriminate "
-                "against. Use a batch of >= 2 images (per_device_train_batch_size >= 2 or several processes) or "
-                "set num_hard_negatives with a hard_negative_bank."
+                "A candidate pool holds a single image and there are no hard negatives: there is no distractor to "
+                "discriminate against. Use pools of >= 2 images (per_device_train_batch_size and pool_size >= 2, or "
+                "several processes) or set num_hard_negatives with a hard_negative_bank."
             )
+        targets = local_targets + offset  # [B] rows of `candidate_embeds`
         logit_scale = retriever.logit_scale.to(device=device, dtype=torch.float32)
-        logits = logit_scale * text_embeds @ candidate_embeds.T  # [B, N]
+        if len(bounds) == 1:
+            logits = logit_scale * text_embeds @ candidate_embeds.T  # [B, N]
+            pool_sizes = [candidate_embeds.shape[0]]
+        else:  # each caption against its own pool: [B, largest pool], -inf after the end of a smaller pool
+            starts = torch.tensor([start for start, _ in bounds], device=device)
+            pool_of_caption = torch.bucketize(targets, starts, right=True) - 1  # [B]
+            logits = text_embeds.new_full((len(captions), max(end - start for start, end in bounds)), float("-inf"))
+            pool_sizes = []
+            for pool, (start, end) in enumerate(bounds):
+                rows = pool_of_caption == pool
+                if rows.any():
+                    logits[rows, : end - start] = logit_scale * text_embeds[rows] @ candidate_embeds[start:end].T
+                    pool_sizes.append(end - start)
+            targets = targets - starts[pool_of_caption]
         if self.num_hard_negatives > 0:
             hard_logits = self._hard_negative_logits(
                 retriever_index, text_embeds, local_image_embeds, local_targets, target_bank_indices
             )
             logits = torch.cat([logits, logit_scale * hard_logits], dim=1)  # [B, N + k]
-        targets = local_targets + offset
 
         self._active_index = retriever_index
         try:
@@ -307,7 +366,11 @@ class DiscriminativeRewardModel(nn.Module):
         finally:
             self._active_index = None
         return RewardOutput(
-            rewards=rewards, logits=logits, accuracy=retrieval_accuracy(logits, targets), target_indices=targets
+            rewards=rewards,
+            logits=logits,
+            accuracy=retrieval_accuracy(logits, targets),
+            target_indices=targets,
+            pool_sizes=torch.tensor(pool_sizes, dtype=torch.long, device=device),
         )
 
     def _hard_negative_logits(
@@ -405,6 +468,18 @@ def _local_targets(
         )
     captions_per_image = num_captions // num_images
     return torch.arange(num_images, device=device).repeat_interleave(captions_per_image)
+
+
+def _pool_group_rows(local_rows: torch.Tensor, processes_per_pool: int) -> tuple[torch.Tensor, int]:
+    """The rows of this process's group of `processes_per_pool` consecutive processes, and the offset of this
+    process's rows among them; no communication when the group is this process alone."""
+    rank, world_size = process_rank_and_count()
+    if processes_per_pool == 1 or world_size == 1:
+        return local_rows, 0
+    parts = gather_rows_by_process(local_rows)  # every process's rows, sizes may differ
+    first = rank // processes_per_pool * processes_per_pool
+    group = parts[first : first + processes_per_pool]
+    return torch.cat(group), sum(part.shape[0] for part in parts[first:rank])
 
 
 def _check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:

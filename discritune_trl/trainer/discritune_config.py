@@ -79,6 +79,17 @@ class DiscriTuneConfig(TrainingArguments):
 
         > Parameters that control the reward
 
+        pool_size (`int`, *optional*, defaults to `100`):
+            Images each caption is scored against (its *candidate pool*: the target and `pool_size - 1` in-batch
+            distractors, plus `num_hard_negatives` mined ones; paper: 100). The global batch is split into pools of
+            this many images, so more devices or a larger batch mean more pools per step, not a harder task: one
+            device with `per_device_train_batch_size=1000` trains 10 pools of 100. Pools are formed within a
+            device (no image embedding crosses processes) when `per_device_train_batch_size` is a multiple of
+            `pool_size`, and over whole consecutive devices when `pool_size` is a multiple of it (4 x 25 images:
+            one pool of 100); other combinations are refused when the trainer is built. A global batch of at most
+            `pool_size` images is one pool (with a warning when smaller). `-1`: every image of the global batch is
+            a candidate for every caption, however many processes (the behaviour before pools existed). See
+            `docs/distributed.md`.
         reward_type (`str`, *optional*, defaults to `"log_prob"`):
             `"log_prob"`: log-softmax probability the retriever gives the target among the candidates (paper);
             `"accuracy"`: 1 if the target scores highest, else 0; `"cosine"`: cosine similarity of caption and target
@@ -175,7 +186,7 @@ class DiscriTuneConfig(TrainingArguments):
         default=0.0, metadata={"help": "Gradient clipping norm; 0 clips nothing (the paper)."}
     )
     per_device_train_batch_size: int = field(
-        default=100, metadata={"help": "Images per device and step; every image of the global batch is a candidate."}
+        default=100, metadata={"help": "Images per device and step; split into candidate pools of pool_size images."}
     )
     per_device_eval_batch_size: int = field(default=100, metadata={"help": "Images per device when captioning."})
     dataloader_drop_last: bool = field(
@@ -221,6 +232,10 @@ class DiscriTuneConfig(TrainingArguments):
     )
 
     # > Reward
+    pool_size: int = field(
+        default=100,
+        metadata={"help": "Images per candidate pool (paper: 100); the global batch is split into pools. -1: all."},
+    )
     reward_type: str = field(
         default="log_prob", metadata={"help": "log_prob | accuracy | cosine.", "choices": REWARD_TYPES}
     )
@@ -343,6 +358,10 @@ class DiscriTuneConfig(TrainingArguments):
             raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k).")
         if self.num_beams < 1 or self.eval_num_beams < 1:
             raise ValueError(f"num_beams={self.num_beams} and eval_num_beams={self.eval_num_beams} must be >= 1.")
+        if self.pool_size != -1 and self.pool_size < 1:
+            raise ValueError(
+                f"pool_size={self.pool_size} must be >= 1 (images per candidate pool), or -1 for the whole global batch."
+            )
         if self.num_hard_negatives < 0:
             raise ValueError(f"num_hard_negatives={self.num_hard_negatives} must be >= 0.")
         if self.kl_coef < 0:

@@ -25,6 +25,7 @@ from ..models.policy import CaptioningPolicy, CaptionOutput, reduce_token_log_pr
 from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
+from ..rewards.pools import PoolLayout, pool_layout
 from ..utils.images import decode_image
 from .baselines import RunningMeanBaseline, leave_one_out_baseline
 from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
@@ -45,7 +46,7 @@ class DiscriTuneTrainer(Trainer):
     """Fine-tune an image captioner so that a frozen retriever finds the captioned image (DiscriTune).
 
     One training step (see `compute_loss`): caption the batch without gradients, let the reward model score each
-    caption against every image of the global batch, subtract the baseline, and minimise
+    caption against the images of its candidate pool (`args.pool_size`), subtract the baseline, and minimise
     `-mean(advantage * log p(caption | image))` (+ `kl_coef` * KL to the initial policy).
 
     Args:
@@ -119,7 +120,7 @@ class DiscriTuneTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        self._check_distractors()
+        self._pools = self._check_pools()
         self._check_best_model_metric()
         self.collapse_alarm = None
         if args.collapse_alarm:
@@ -246,10 +247,10 @@ class DiscriTuneTrainer(Trainer):
             return policy.generate_captions(**image_inputs, **generation_kwargs)
 
     def _reward(self, texts: list[str], inputs: DiscriTuneBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards `[B * G]` of this process's captions (candidates: the images of the global batch), and the
-        rewards of every process's captions, gathered once for the statistics the baseline and the logs need."""
+        """Rewards `[B * G]` of this process's captions (candidates: the images of their pool), and the rewards of
+        every process's captions, gathered once for the statistics the baseline and the logs need."""
         with torch.no_grad():
-            output = self.reward_model(texts, **inputs.retriever_inputs, step=self.state.global_step)
+            output = self.reward_model(texts, **inputs.retriever_inputs, **self._reward_kwargs())
         rewards = output.rewards.float()
         if not torch.isfinite(rewards).all():
             bad = [texts[i] for i in torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()[:3]]
@@ -263,7 +264,20 @@ class DiscriTuneTrainer(Trainer):
         self._log_metric("reward/std", global_rewards.std().item() if global_rewards.numel() > 1 else 0.0)
         self._log_metric("retrieval/accuracy", self._global_mean(output.accuracy.float()))
         self._log_metric("reward/num_candidates", float(output.logits.shape[1]))  # pool + mined hard negatives
+        if getattr(output, "pool_sizes", None) is not None:  # a pool spanning processes is reported by each of them
+            self._log_metric("pool/size", self._global_mean(output.pool_sizes))
+            self._log_metric(
+                "pool/count", self._global_sum(output.pool_sizes.numel()) / self._pools.processes_per_pool
+            )
         return rewards, global_rewards
+
+    def _reward_kwargs(self) -> dict[str, Any]:
+        """The step and the candidate pools (see `discritune_trl.rewards.pools`), for every reward-model call."""
+        return {
+            "step": self.state.global_step,
+            "pool_size": self._pools.pool_size,
+            "processes_per_pool": self._pools.processes_per_pool,
+        }
 
     def _advantages(self, rewards, global_rewards, policy, image_inputs, inputs) -> torch.Tensor:
         """`reward - baseline` for each caption, per `args.baseline`."""
@@ -275,7 +289,7 @@ class DiscriTuneTrainer(Trainer):
             greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_new_tokens)
             with torch.no_grad():
                 baseline = self.reward_model(
-                    greedy.texts, **inputs.retriever_inputs, step=self.state.global_step
+                    greedy.texts, **inputs.retriever_inputs, **self._reward_kwargs()
                 ).rewards.float()
             baseline = baseline.repeat_interleave(rewards.numel() // baseline.numel())
         elif kind == "loo":
@@ -700,28 +714,58 @@ class DiscriTuneTrainer(Trainer):
             return supported and STATIC_CACHE_MEASURED_FASTER.get((self.accelerator.device.type, precision), False)
         return setting == "true"
 
-    def _check_distractors(self) -> None:
-        global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
+    def _check_pools(self) -> PoolLayout:
+        """The candidate pools of a training step (`args.pool_size`), refused here when they cannot be formed or
+        leave no distractor, with a warning when they hold fewer images than `pool_size`."""
+        args, num_processes = self.args, self.accelerator.num_processes
+        pools = pool_layout(args.pool_size, args.per_device_train_batch_size, num_processes)
         has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0 or self._bank_from_cache
-        if global_batch < 2 and not has_bank:
+        if pools.images_per_pool < 2 and not has_bank:
             raise ValueError(
-                f"per_device_train_batch_size={self.args.per_device_train_batch_size} on "
-                f"{self.accelerator.num_processes} process(es) leaves no in-batch distractors; use >= 2 images "
-                "per step or give the reward model a hard-negative bank with num_hard_negatives > 0."
+                f"Candidate pools of {pools.images_per_pool} image (per_device_train_batch_size="
+                f"{args.per_device_train_batch_size} on {num_processes} process(es), pool_size={args.pool_size}) "
+                "leave no in-batch distractors; use pools of >= 2 images or give the reward model a hard-negative "
+                "bank with num_hard_negatives > 0."
             )
-        accumulation = self.args.gradient_accumulation_steps
-        if accumulation > 1:
+        if pools.processes_per_pool > 1 and not getattr(self.reward_model, "gather_across_processes", True):
+            raise ValueError(
+                f"pool_size={args.pool_size} makes each pool span {pools.processes_per_pool} processes, but the "
+                "reward model was built with gather_across_processes=False; build it with "
+                "gather_across_processes=True, or set per_device_train_batch_size to a multiple of pool_size."
+            )
+        accumulation = args.gradient_accumulation_steps
+        micro_batch = f"{args.per_device_train_batch_size} image(s) per device x {num_processes} process(es)"
+        if args.pool_size != -1 and pools.images_per_pool < args.pool_size:
             logger.warning(
-                "gradient_accumulation_steps=%d: each micro-batch of %d image(s) on %d process(es) is its own "
-                "candidate pool, so a caption competes with %d in-batch distractors, not the %d of the accumulated "
-                "batch. The paper uses 100 candidates per caption: raise per_device_train_batch_size instead (or add "
-                "mined distractors with num_hard_negatives) to keep the task as hard.",
-                accumulation,
-                self.args.per_device_train_batch_size,
-                self.accelerator.num_processes,
-                global_batch - 1,
-                global_batch * accumulation - 1,
+                "pool_size=%d, but the global batch (%s) holds %d images: it is one candidate pool, so each caption "
+                "competes with %d in-batch distractors, not the paper's %d.%s Raise per_device_train_batch_size (or "
+                "add mined distractors with num_hard_negatives) to keep the task as hard, or set pool_size=%d.",
+                args.pool_size,
+                micro_batch,
+                pools.images_per_pool,
+                pools.images_per_pool - 1,
+                args.pool_size - 1,
+                f" gradient_accumulation_steps={accumulation} does not help: each micro-batch forms its own pools."
+                if accumulation > 1
+                else "",
+                pools.images_per_pool,
             )
+        elif args.pool_size == -1 and accumulation > 1:
+            logger.warning(
+                "pool_size=-1 with gradient_accumulation_steps=%d: each micro-batch (%s) forms its own global pool, "
+                "so a caption competes with %d in-batch distractors, not the %d of the accumulated batch.",
+                accumulation,
+                micro_batch,
+                pools.images_per_pool - 1,
+                pools.images_per_pool * accumulation - 1,
+            )
+        logger.info(
+            "Candidate pools: %d pool(s) of %d images per step%s.",
+            pools.num_pools,
+            pools.images_per_pool,
+            "" if pools.processes_per_pool == 1 else f", each over {pools.processes_per_pool} processes",
+        )
+        return pools
 
 
 # (device type, precision) -> whether the one-pass step (log-probs from the decoding pass) measured faster than the

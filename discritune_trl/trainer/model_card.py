@@ -31,6 +31,7 @@ HYPERPARAMETERS = (
     "train_decoding",
     "num_generations",
     "baseline",
+    "pool_size",
     "log_prob_reduction",
     "kl_coef",
     "eval_num_beams",
