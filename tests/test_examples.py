@@ -224,6 +224,7 @@ def test_world_recipe_keeps_its_fields_over_the_world_defaults(load_example):
     "recipe, script",
     [
         ("clipcap_conceptual_captions.yaml", "finetune_clipcap.py"),
+        ("clipcap_cc3m_webdataset.yaml", "finetune_clipcap.py"),
         ("blip_coco.yaml", "finetune_blip.py"),
     ],
 )
@@ -235,6 +236,7 @@ def test_every_recipe_parses_into_a_valid_config(recipe, script, load_example):
         [
             "clipcap_coco.yaml",
             "clipcap_conceptual_captions.yaml",
+            "clipcap_cc3m_webdataset.yaml",
             "blip_coco.yaml",
             "world_greedy_baseline.yaml",
             "smolvlm_coco.yaml",  # LoRA's learning rate, not the paper's: tested in tests/test_vlm.py

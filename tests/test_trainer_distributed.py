@@ -76,16 +76,18 @@ def test_two_process_training_uses_the_global_batch(tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_processes_with_an_unreadable_image_on_one_rank_train_and_evaluate(tmp_path):
+@pytest.mark.parametrize("source", ["arrow", "webdataset"])
+def test_two_processes_with_an_unreadable_image_on_one_rank_train_and_evaluate(tmp_path, source):
     """Issue 13: one process holding fewer captions than the other (an image it could not decode) used to abort the
     job in the rewards' cross-process gather; now every gather handles unequal sizes, cached and uncached, map-style
-    and streaming, and the logged reward is the mean over the 7 captions of both processes."""
+    and streaming, and the logged reward is the mean over the 7 captions of both processes. The same from WebDataset
+    shards (issue 15) with a broken member."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", os.path.join(ROOT, "examples", "accelerate_configs", "cpu_2proc.yaml"),
         "--main_process_port", "0",
-        os.path.join(ROOT, "tests", "scripts", "two_process_unreadable.py"), str(tmp_path),
+        os.path.join(ROOT, "tests", "scripts", "two_process_unreadable.py"), str(tmp_path), source,
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -64,8 +64,9 @@ DEFAULT_OUTPUT_DIR = "outputs/discritune-clipcap"
 @dataclass
 class ScriptArguments(trl.ScriptArguments):
     """Data (TRL's `ScriptArguments`, plus the fields below). Without `dataset_name` the embedded synthetic world is
-    used. `dataset_name`: a Hub dataset, a folder saved with `save_to_disk`, or an image folder with a
-    `metadata.jsonl`; `dataset_test_split` may be empty (no evaluation); `dataset_streaming` streams the train
+    used. `dataset_name`: a Hub dataset, a folder saved with `save_to_disk`, an image folder with a
+    `metadata.jsonl`, or WebDataset `.tar` shards (a folder, a folder with one subfolder per split, or a glob; see
+    `load_image_dataset`); `dataset_test_split` may be empty (no evaluation); `dataset_streaming` streams the train
     split (needs `--max_steps`)."""
 
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train images."})

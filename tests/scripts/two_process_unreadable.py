@@ -4,9 +4,11 @@ One image of 16 cannot be decoded. Two steps of 2 x 4 images read the whole set 
 from a stream) the process that meets the broken image holds 3 captions and the other 4 in that step; with the
 cache the image is dropped before batching. Trains map-style and streaming, cached and uncached, and writes, per
 rank and case, every reward-model call (captions, retriever pixels, rewards, candidates), the log history, the
-weights, and the captions of an evaluation set holding the broken image.
+weights, and the captions of an evaluation set holding the broken image. With `webdataset` as second argument the
+images are read from WebDataset shards (img2dataset's layout) through `load_image_dataset`.
 """
 
+import os
 import sys
 
 import datasets
@@ -17,6 +19,8 @@ from PIL import Image
 from discritune_trl import DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
+from discritune_trl.testing.webdataset import write_webdataset_shards
+from discritune_trl.utils.data import load_image_dataset
 
 
 BROKEN_ROW = 5
@@ -44,11 +48,14 @@ class RecordingRewardModel(DiscriminativeRewardModel):
         return output
 
 
-def image_dataset() -> datasets.Dataset:
+def make_images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
+    return [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
+
+
+def image_dataset() -> datasets.Dataset:
     rows = []
-    for index, image in enumerate(images):
+    for index, image in enumerate(make_images()):
         if index == BROKEN_ROW:
             rows.append({"bytes": b"not an image", "path": None})
         else:
@@ -56,8 +63,19 @@ def image_dataset() -> datasets.Dataset:
     return datasets.Dataset.from_dict({"image": rows}).cast_column("image", datasets.Image())
 
 
-def main(out_dir: str) -> None:
-    dataset = image_dataset()
+def main(out_dir: str, source: str = "arrow") -> None:
+    if source == "webdataset":  # each process writes its own copy: nothing shared on disk but the output folder
+        shards = f"{out_dir}/shards-rank{os.environ['RANK']}"
+        write_webdataset_shards(shards, make_images(), images_per_shard=5, broken=[BROKEN_ROW])
+
+        def load(streaming: bool):
+            return load_image_dataset(shards, "train", streaming=streaming)
+    else:
+        dataset = image_dataset()
+
+        def load(streaming: bool):
+            return dataset.to_iterable_dataset() if streaming else dataset
+
     results = {}
     for streaming in (False, True):
         for cache in (False, True):
@@ -77,12 +95,12 @@ def main(out_dir: str) -> None:
                 cache_embeddings=cache,
             )
             reward_model = RecordingRewardModel(tiny_open_clip_retriever(seed=0))
-            train_dataset = dataset.to_iterable_dataset() if streaming else dataset
+            train_dataset = load(streaming)
             trainer = DiscriTuneTrainer(
                 model=tiny_clipcap_policy(seed=0), reward_model=reward_model, args=args, train_dataset=train_dataset
             )
             trainer.train()
-            eval_dataset = dataset.to_iterable_dataset() if streaming else dataset
+            eval_dataset = load(streaming)
             captions, text_embeds, image_embeds = trainer.caption_dataset(eval_dataset)
             results[(streaming, cache)] = {
                 "calls": reward_model.calls,
@@ -101,4 +119,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
