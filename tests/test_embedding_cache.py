@@ -176,3 +176,89 @@ def test_unreadable_images_are_dropped_from_the_cache():
     reward_model = DiscriminativeRewardModel(tiny_open_clip_retriever())
     cached = cache_frozen_embeddings(dataset, tiny_clipcap_policy(seed=0), reward_model, batch_size=4)
     assert [row["label"] for row in cached] == [0, 2, 3]
+
+
+# ---- the sharded, parallel, resumable cache pass (issue 15) --------------------------------------------------
+
+BROKEN = 4  # row whose image does not decode
+
+
+def dataset_with_a_broken_image(count: int = 10) -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    rows = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+    rows[BROKEN] = {"bytes": b"broken", "path": None}
+    return datasets.Dataset.from_dict({"image": rows}).cast_column("image", datasets.Image())
+
+
+def counting_models():
+    policy = tiny_clipcap_policy(seed=0)
+    reward_model = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0))
+    encoded = []
+    original = reward_model.encode_images
+    reward_model.encode_images = lambda pixels: encoded.append(len(pixels)) or original(pixels)
+    return policy, reward_model, encoded
+
+
+def _cache_on_two_processes(rank: int, world_size: int, cache_dir: str) -> dict:
+    policy, reward_model, encoded = counting_models()
+    cached = cache_frozen_embeddings(
+        dataset_with_a_broken_image(),
+        policy,
+        reward_model,
+        batch_size=2,
+        cache_dir=cache_dir,
+        num_workers=2,
+        shard_size=3,
+        process_index=rank,
+        num_processes=world_size,
+    )
+    return {
+        "encoded": sum(encoded),
+        "retriever": np.stack(cached["retriever_image_embeds"]),
+        "policy": np.stack(cached["policy_image_embeds"]),
+    }
+
+
+@pytest.mark.distributed
+def test_two_processes_each_encode_their_share_and_read_the_single_process_cache(tmp_path):
+    from discritune_trl.testing.distributed import run_on_processes
+
+    ranks = run_on_processes(_cache_on_two_processes, world_size=2, args=(str(tmp_path / "cache"),))
+    policy, reward_model, encoded = counting_models()
+    single = cache_frozen_embeddings(dataset_with_a_broken_image(), policy, reward_model, batch_size=2)
+    assert len(single) == 9 and sum(encoded) == 9
+    # Shards of 3 rows: [0-3) [3-6) on process 0 (the broken row 4 is skipped), [6-9) [9-10) on process 1.
+    assert [rank["encoded"] for rank in ranks] == [5, 4]
+    for rank in ranks:  # both processes read the whole cache, equal to one process's
+        np.testing.assert_allclose(rank["retriever"], np.stack(single["retriever_image_embeds"]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rank["policy"], np.stack(single["policy_image_embeds"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_killed_cache_pass_resumes_without_redoing_finished_shards(tmp_path):
+    policy, reward_model, encoded = counting_models()
+    original = reward_model.encode_images
+
+    def dies_on_the_third_shard(pixels):
+        if len(encoded) == 2:
+            raise KeyboardInterrupt("killed")  # as a kill would stop it: after two shards were saved
+        return original(pixels)
+
+    reward_model.encode_images = dies_on_the_third_shard
+    settings = dict(batch_size=3, shard_size=3, cache_dir=str(tmp_path / "cache"), num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        cache_frozen_embeddings(dataset_with_a_broken_image(), policy, reward_model, **settings)
+    policy, reward_model, encoded = counting_models()
+    resumed = cache_frozen_embeddings(dataset_with_a_broken_image(), policy, reward_model, **settings)
+    assert sum(encoded) == 4  # rows 6-9 only: shards [0-3) and [3-6) were finished before the kill
+    reference = cache_frozen_embeddings(dataset_with_a_broken_image(), *counting_models()[:2], batch_size=3)
+    assert len(resumed) == len(reference) == 9
+    np.testing.assert_allclose(
+        np.stack(resumed["retriever_image_embeds"]),
+        np.stack(reference["retriever_image_embeds"]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # A third run finds every shard and encodes nothing.
+    policy, reward_model, encoded = counting_models()
+    cache_frozen_embeddings(dataset_with_a_broken_image(), policy, reward_model, **settings)
+    assert encoded == []

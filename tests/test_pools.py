@@ -207,3 +207,13 @@ def test_trainer_refuses_pools_it_cannot_form(tmp_path):
         DiscriTuneConfig(output_dir=str(tmp_path), pool_size=0)
     with pytest.raises(ValueError, match="Candidate pools of 1 image.*pool_size=1"):
         _trainer(tmp_path, pool_size=1)
+
+
+def test_fsdp_or_deepspeed_asked_on_a_machine_without_gpu_is_refused_not_ignored(tmp_path, monkeypatch):
+    """Accelerate 1.x runs an FSDP / DeepSpeed launch on CPU processes as plain DDP; the config says so instead."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: FSDP can run")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"asked for FSDP \(ACCELERATE_USE_FSDP=true\).*no GPU.*cpu_2proc.yaml"):
+        DiscriTuneConfig(output_dir=str(tmp_path))

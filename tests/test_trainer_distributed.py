@@ -1,6 +1,7 @@
 """Two CPU processes under `accelerate launch`: global-batch rewards, one baseline, weights kept in sync."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -15,6 +16,35 @@ from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_pools(ranks: list[dict], per_device: int, pool_size: int) -> None:
+    """With pools of `per_device` images each process's rewards are exactly those of one process alone with its own
+    images; with `pool_size=-1` they are one process's over all images of both."""
+    single = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0))
+    calls = [rank[pool_size]["first_call"] for rank in ranks]
+    log = next(entry for entry in ranks[0][pool_size]["log_history"] if "pool/size" in entry)
+    if pool_size == per_device:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each launched process: the same kernels, so the same bits
+        try:
+            for call in calls:
+                assert call["num_candidates"] == per_device and len(call["captions"]) == per_device
+                expected = single(call["captions"], pixel_values=call["pixel_values"]).rewards
+                assert torch.equal(call["rewards"], expected)
+        finally:
+            torch.set_num_threads(threads)
+        assert log["pool/size"] == per_device and log["pool/count"] == 2
+    else:
+        assert all(call["num_candidates"] == 2 * per_device for call in calls)
+        expected = single(
+            calls[0]["captions"] + calls[1]["captions"],
+            pixel_values=torch.cat([calls[0]["pixel_values"], calls[1]["pixel_values"]]),
+        ).rewards
+        torch.testing.assert_close(torch.cat([call["rewards"] for call in calls]), expected, rtol=1e-5, atol=1e-5)
+        assert log["pool/size"] == 2 * per_device and log["pool/count"] == 1
+    for name, weight in ranks[0][pool_size]["weights"].items():  # one update, the same on both processes
+        assert torch.equal(weight, ranks[1][pool_size]["weights"][name]), name
 
 
 @pytest.mark.distributed
@@ -140,25 +170,33 @@ def test_two_processes_with_pools_of_100_reward_each_rank_like_one_process_with_
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
-    single = DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each launched process: the same kernels, so the same bits
-    try:
-        for rank in ranks:  # pools of 100: exactly one process alone with its own 100 images
-            call = rank[100]["first_call"]
-            assert call["num_candidates"] == 100 and len(call["captions"]) == 100
-            assert torch.equal(call["rewards"], single(call["captions"], pixel_values=call["pixel_values"]).rewards)
-    finally:
-        torch.set_num_threads(threads)
-    log = next(entry for entry in ranks[0][100]["log_history"] if "pool/size" in entry)
-    assert log["pool/size"] == 100 and log["pool/count"] == 2
-    # pool_size=-1: every caption against the 200 images of both processes, as before pools existed.
-    calls = [rank[-1]["first_call"] for rank in ranks]
-    assert all(call["num_candidates"] == 200 for call in calls)
-    expected = single(
-        calls[0]["captions"] + calls[1]["captions"],
-        pixel_values=torch.cat([calls[0]["pixel_values"], calls[1]["pixel_values"]]),
-    ).rewards
-    torch.testing.assert_close(torch.cat([call["rewards"] for call in calls]), expected, rtol=1e-5, atol=1e-5)
-    log = next(entry for entry in ranks[0][-1]["log_history"] if "pool/size" in entry)
-    assert log["pool/size"] == 200 and log["pool/count"] == 1
+    check_pools(ranks, per_device=100, pool_size=100)  # each process alone with its own 100 images
+    check_pools(ranks, per_device=100, pool_size=-1)  # as before pools existed: all 200 images for every caption
+
+
+@pytest.mark.distributed
+def test_two_machines_of_one_process_each_train_with_pools_as_documented(tmp_path):
+    """Issue 15: `--num_machines 2 --machine_rank 0/1` on localhost, one CPU process per "machine", as
+    examples/slurm/discritune_2x8.sbatch launches real machines."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    machines = []
+    for machine_rank in range(2):
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(machine_rank),
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--rdzv_backend", "static",
+            "--mixed_precision", "no", "--dynamo_backend", "no",
+            os.path.join(ROOT, "tests", "scripts", "two_process_pools.py"), str(tmp_path), "8", "8,-1",
+        ]  # fmt: skip
+        machines.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [machine.communicate(timeout=600)[0] for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    assert all(rank[8]["num_processes"] == 2 for rank in ranks)
+    check_pools(ranks, per_device=8, pool_size=8)  # one pool per machine: nothing crosses machines
+    check_pools(ranks, per_device=8, pool_size=-1)  # the global pool spans both machines

@@ -53,6 +53,18 @@ class DiscriTuneConfig(TrainingArguments):
             columns (e.g. saved with `save_to_disk` after a first run) are used as they are.
         cache_batch_size (`int`, *optional*, defaults to `64`):
             Images per encoder batch while caching.
+        cache_num_workers (`int`, *optional*, defaults to `4`):
+            Worker processes decoding and preprocessing images during the cache pass (each process of a
+            multi-process run has its own; at most one per batch of its share), so JPEG decoding does not starve the
+            encoders. `0` decodes in the training process.
+        cache_shard_size (`int`, *optional*, defaults to `10000`):
+            Images per cache shard: the cache pass is split into shards of this many consecutive images, divided
+            among the processes (each encodes only its contiguous share) and saved one by one, so a killed pass
+            restarts without redoing finished shards.
+        embedding_cache_dir (`str`, *optional*):
+            Where the cache shards are saved, keyed by the dataset and the frozen weights (a later run with the same
+            data and encoders reuses them). Every process must be able to read it: on several machines, a shared
+            filesystem. Defaults to `<output_dir>/embedding_cache`.
 
         > Parameters that control generation
 
@@ -210,6 +222,18 @@ class DiscriTuneConfig(TrainingArguments):
         default=True, metadata={"help": "Encode images with the frozen encoders once, before training."}
     )
     cache_batch_size: int = field(default=64, metadata={"help": "Images per encoder batch while caching."})
+    cache_num_workers: int = field(
+        default=4, metadata={"help": "Workers decoding images during the cache pass, per process (0: none)."}
+    )
+    cache_shard_size: int = field(
+        default=10_000, metadata={"help": "Images per resumable cache shard (the pass is split among processes)."}
+    )
+    embedding_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the embedding cache, readable by every process. Default: <output_dir>/embedding_cache."
+        },
+    )
 
     # > Generation
     max_new_tokens: int = field(default=40, metadata={"help": "Maximum caption tokens (<= 75)."})
@@ -296,6 +320,14 @@ class DiscriTuneConfig(TrainingArguments):
         if os.environ.get("WORLD_SIZE", "1") != "1" and not _has_accelerator():
             # Several processes on a machine without accelerator (`accelerate launch --multi_gpu --num_processes 2`
             # on CPUs): without this, Accelerate would see no device to distribute over and skip DDP.
+            engine = next((name for name in _SHARDING_ENGINES if _env_flag(_SHARDING_ENGINES[name])), None)
+            if engine is not None:
+                raise ValueError(
+                    f"accelerate launch asked for {engine} ({_SHARDING_ENGINES[engine]}=true), but this machine has "
+                    f"no GPU: Accelerate would run the {os.environ['WORLD_SIZE']} CPU processes as plain DDP and "
+                    f"ignore the {engine} settings. On CPUs use examples/accelerate_configs/cpu_2proc.yaml (DDP over "
+                    "gloo); see docs/distributed.md."
+                )
             self.use_cpu = True
         if self.use_cpu or not _has_accelerator():
             self.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns on every loader
@@ -332,6 +364,10 @@ class DiscriTuneConfig(TrainingArguments):
             )
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size={self.cache_batch_size} must be >= 1.")
+        if self.cache_num_workers < 0:
+            raise ValueError(f"cache_num_workers={self.cache_num_workers} must be >= 0 (0: decode in this process).")
+        if self.cache_shard_size < 1:
+            raise ValueError(f"cache_shard_size={self.cache_shard_size} must be >= 1.")
         if self.num_generations < 1:
             raise ValueError(f"num_generations={self.num_generations} must be >= 1.")
         if self.num_generations > 1 and self.train_decoding != "sample":
@@ -381,6 +417,14 @@ class DiscriTuneConfig(TrainingArguments):
         value = getattr(self, name)
         if value not in choices:
             raise ValueError(f"{name}={value!r} is not one of {choices}.")
+
+
+# Accelerate's launcher marks these engines in the environment of every process it starts.
+_SHARDING_ENGINES = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
 def _has_accelerator() -> bool:

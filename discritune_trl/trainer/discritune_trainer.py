@@ -503,11 +503,41 @@ class DiscriTuneTrainer(Trainer):
     def get_eval_dataloader(self, eval_dataset=None):
         """Batches of every evaluation image: `dataloader_drop_last` (on by default here) drops the short last
         batch in training only."""
+        if eval_dataset is None and isinstance(self.eval_dataset, datasets.IterableDataset):
+            eval_dataset = self.eval_dataset
+        if isinstance(eval_dataset, datasets.IterableDataset):
+            eval_dataset = self._split_by_batch(eval_dataset)
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.args.dataloader_drop_last = drop_last
+
+    def get_train_dataloader(self):
+        """`Trainer.get_train_dataloader`, with a stream of several files split by batch (see `_split_by_batch`)."""
+        stream = self.train_dataset
+        self.train_dataset = self._split_by_batch(stream)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset = stream
+
+    def _split_by_batch(self, dataset):
+        """A stream of several files (e.g. WebDataset shards) as one stream split by batch across processes.
+
+        Accelerate would give each process whole files, and files of different lengths (img2dataset shards hold
+        different numbers of images) would leave one process without batches while the others still step, which
+        breaks the collective calls of the step. Split by batch, every process reads the stream's bytes, decodes
+        only its own images (images are decoded in the collator) and takes the same number of steps.
+        """
+        if (
+            isinstance(dataset, datasets.IterableDataset)
+            and self.accelerator.num_processes > 1
+            and dataset.n_shards > 1
+            and not self.args.accelerator_config.dispatch_batches
+        ):
+            return _StreamSplitByBatch(dataset)
+        return dataset
 
     def _retriever_image_embeds(self, batch: DiscriTuneBatch) -> torch.Tensor:
         """`[B, D]` image embeddings of the (first) retriever, cached or computed from pixels."""
@@ -638,15 +668,19 @@ class DiscriTuneTrainer(Trainer):
             return dataset
         if not isinstance(dataset, datasets.Dataset) or RETRIEVER_EMBEDS_COLUMN in dataset.column_names:
             return dataset
-        with self.args.main_process_first(desc=f"caching the frozen embeddings of {name}"):
-            cached = cache_frozen_embeddings(
-                dataset,
-                self.accelerator.unwrap_model(self.model),
-                self.reward_model,
-                image_column=self.args.image_column,
-                batch_size=self.args.cache_batch_size,
-                desc=f"Caching frozen image embeddings ({name})",
-            )
+        cached = cache_frozen_embeddings(  # each process encodes its share, then all read the whole cache
+            dataset,
+            self.accelerator.unwrap_model(self.model),
+            self.reward_model,
+            image_column=self.args.image_column,
+            batch_size=self.args.cache_batch_size,
+            desc=f"Caching frozen image embeddings ({name})",
+            cache_dir=self.args.embedding_cache_dir or os.path.join(self.args.output_dir, "embedding_cache"),
+            num_workers=self.args.cache_num_workers,
+            shard_size=self.args.cache_shard_size,
+            process_index=self.accelerator.process_index,
+            num_processes=self.accelerator.num_processes,
+        )
         self._unreadable_in_cache[id(cached)] = len(dataset) - len(cached)  # reported by evaluate()
         if name == "train_dataset":  # unreadable images were dropped while caching; count them once
             self._num_unreadable_images += len(dataset) - len(cached)
@@ -863,6 +897,19 @@ def _check_policy(model: nn.Module) -> None:
         )
     if isinstance(policy, nn.Module):
         policy.check_tied_weights()
+
+
+class _StreamSplitByBatch(torch.utils.data.IterableDataset):
+    """A `datasets.IterableDataset` that Accelerate shards by batch (`IterableDatasetShard`), not by file."""
+
+    def __init__(self, dataset: datasets.IterableDataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        return iter(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
 
 
 def _frozen_reference(model: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Frozen-embedding cache: run the frozen image encoders once per image, not once per training step.
 
 The retriever and the captioner's image encoder never change during DiscriTune, so their image embeddings are
-computed in one `datasets.map` pass and stored as two columns (`policy_image_embeds`, `retriever_image_embeds`).
+computed in one pass (sharded over processes, resumable, decoding in worker processes) and stored as two columns (`policy_image_embeds`, `retriever_image_embeds`).
 `DiscriTuneCollator` passes those columns on instead of pixels, so every later epoch skips both encoders. When
 the captioner's encoder and the retriever are the same CLIP (ClipCap on the paper's ViT-B/32 with a ViT-B/32
 retriever), each image is encoded once for both.
@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from datasets.fingerprint import Hasher
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..models.clipcap import ClipCapPolicy
 from ..retrievers.open_clip_retriever import OpenCLIPRetriever
@@ -84,10 +88,15 @@ def cache_frozen_embeddings(
     batch_size: int = 64,
     share_encoder: bool | None = None,
     desc: str = "Caching frozen image embeddings",
+    cache_dir: str | None = None,
+    num_workers: int = 0,
+    shard_size: int = 10_000,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> datasets.Dataset:
     """Add the frozen encoders' image embeddings to `dataset`, computed once per image.
 
-    Runs one `datasets.map` pass (with a progress bar) that adds:
+    Adds two columns:
 
     - `policy_image_embeds`: `policy.encode_images(policy.preprocess(images))` (`[D]` per image for ClipCap,
       `[N, D]` patch features for frozen BLIP/ViT-GPT2 encoders). Skipped when the policy has nothing to cache
@@ -95,12 +104,21 @@ def cache_frozen_embeddings(
     - `retriever_image_embeds`: `reward_model.encode_images(reward_model.preprocess(images))` (`[D]`, or one `[D_r]`
       per retriever when the reward model has several).
 
+    **The pass** is split into *cache shards* of `shard_size` consecutive rows. With `num_processes > 1` (every
+    process calls this with its `process_index`, `torch.distributed` initialised), each process encodes only its
+    contiguous share of the shards (`Dataset.shard(num_shards=num_processes, index=process_index,
+    contiguous=True)` over the shards), and then all processes read the one combined cache. Images are decoded and
+    preprocessed in `num_workers` `DataLoader` workers (at most one per batch of the share) while the encoders run in
+    this process; the progress bar counts images/s. With `cache_dir`, each finished shard is saved there (under a
+    key of the dataset, the frozen weights and these settings) and a pass that was killed restarts without redoing
+    finished shards; later runs with the same key reuse the whole cache. `cache_dir` must be readable by every
+    process (on several machines: a shared filesystem); without it (one process only) nothing is written.
+
     The embeddings are stored as float32 in the policy's / retriever's own precision (fp32 models give results
     identical to the uncached path). The returned dataset has these columns in numpy format (the other columns are
     returned as before); `save_to_disk` keeps them, so a saved cached dataset is reused by later runs as is:
     `DiscriTuneCollator` reads a cached column instead of preparing pixels, and skips decoding the image when both
-    are present. Rows whose image cannot be decoded are dropped (and counted in a warning). For file-backed datasets
-    `datasets` also keeps the result in its cache files, keyed by the dataset and the frozen weights.
+    are present. Rows whose image cannot be decoded are dropped (and counted in a warning).
 
     Args:
         dataset: a `datasets.Dataset` with an image column.
@@ -111,6 +129,11 @@ def cache_frozen_embeddings(
         share_encoder: encode once for both when the captioner's encoder and the retriever are the same CLIP;
             `None` detects it with `shares_clip_encoder`, `False` never shares.
         desc: progress-bar label.
+        cache_dir: folder for the resumable cache shards (shared by all processes); `None`: keep them in memory.
+        num_workers: `DataLoader` workers decoding and preprocessing images (0: in this process).
+        shard_size: rows per cache shard, the unit of resumption.
+        process_index: this process's rank among `num_processes`.
+        num_processes: processes sharing the pass.
 
     Returns:
         The dataset with the embedding columns (the input dataset is not modified).
@@ -122,6 +145,13 @@ def cache_frozen_embeddings(
         )
     if image_column not in dataset.column_names:
         raise ValueError(f"dataset has no column {image_column!r}; its columns are {dataset.column_names}.")
+    if num_processes > 1 and cache_dir is None:
+        raise ValueError(
+            f"num_processes={num_processes} needs a cache_dir that every process can read: each process encodes "
+            "its share there and then reads the others'."
+        )
+    if shard_size < 1 or num_workers < 0:
+        raise ValueError(f"shard_size={shard_size} must be >= 1 and num_workers={num_workers} >= 0.")
     cache_policy = policy_caches_image_features(policy)
     if not cache_policy:
         reason = getattr(policy, "uncached_image_features_reason", None) or "it declares caches_image_features=False"
@@ -137,61 +167,182 @@ def cache_frozen_embeddings(
     existing = [name for name in produced if name in dataset.column_names]
     if existing:
         dataset = dataset.remove_columns(existing)  # recompute: the models may differ from the cached ones
-    unreadable = 0
-
-    def encode_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        nonlocal unreadable
-        images, kept = [], []
-        for row, value in enumerate(batch[image_column]):
-            try:
-                images.append(decode_image(value))
-                kept.append(row)
-            except Exception as error:  # any decoding failure drops the row, as the collator would
-                unreadable += 1
-                index = batch[INDEX_COLUMN][row] if INDEX_COLUMN in batch else "?"
-                logger.warning("Dropping unreadable image (row %s) from the cache: %s", index, error)
-        output = {name: [values[row] for row in kept] for name, values in batch.items()}
-        if not images:
-            output.update({name: [] for name in produced})
-            return output
-        retriever_pixels = reward_model.preprocess(images)
-        policy_pixels = policy.preprocess(images) if cache_policy else None
-        with torch.no_grad():
-            if share and torch.equal(policy_pixels, retriever_pixels):
-                policy_embeds = policy.encode_images(policy_pixels)  # [B, D]
-                retriever_embeds = F.normalize(policy_embeds, dim=-1)  # what the retriever's encode_images returns
-            else:
-                policy_embeds = policy.encode_images(policy_pixels) if cache_policy else None
-                retriever_embeds = reward_model.encode_images(retriever_pixels)
-        output[RETRIEVER_EMBEDS_COLUMN] = _rows(retriever_embeds)
-        if cache_policy:
-            output[POLICY_EMBEDS_COLUMN] = _rows(policy_embeds)
-        return output
-
-    fingerprint = Hasher.hash(
+    key = Hasher.hash(
         [
             _CACHE_FORMAT_VERSION,
             dataset._fingerprint,
+            len(dataset),
             image_column,
             cache_policy,
             share,
+            shard_size,
             type(policy).__qualname__,
             _frozen_weights_digest(policy),
             type(reward_model).__qualname__,
             _frozen_weights_digest(reward_model),
         ]
     )
-    cached = dataset.map(
-        encode_batch,
-        batched=True,
-        batch_size=batch_size,
-        remove_columns=dataset.column_names,
-        new_fingerprint=fingerprint,
-        desc=desc,
-    )
+    key = _same_on_every_process(key)  # one folder for all, even if a fingerprint were drawn at random
+    folder = None if cache_dir is None else os.path.join(cache_dir, f"embeddings-{key}")
+    bounds = [(start, min(start + shard_size, len(dataset))) for start in range(0, len(dataset), shard_size)]
+    mine = _contiguous_share(len(bounds), process_index, num_processes)
+    read_columns = [image_column] + ([INDEX_COLUMN] if INDEX_COLUMN in dataset.column_names else [])
+    images = _undecoded(dataset.select_columns(read_columns), image_column)
+    encoder = _ShardEncoder(policy, reward_model, image_column, batch_size, num_workers, cache_policy, share)
+
+    todo = [bounds[i] for i in mine if folder is None or not os.path.isdir(_shard_path(folder, *bounds[i]))]
+    shards: dict[tuple[int, int], datasets.Dataset] = {}
+    if todo:
+        progress = tqdm(
+            total=sum(end - start for start, end in todo),
+            desc=desc if num_processes == 1 else f"{desc} [process {process_index}/{num_processes}]",
+            unit="img",
+            unit_scale=True,
+            disable=process_index != 0,
+        )
+        for start, end in todo:
+            shard = encoder.encode(images.select(range(start, end)), progress)
+            if folder is None:
+                shards[(start, end)] = shard
+            else:
+                _save_atomically(shard, _shard_path(folder, start, end))
+        progress.close()
+    if num_processes > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every process's share is on disk
+    parts = []
+    for start, end in bounds:
+        if (start, end) in shards:
+            parts.append(shards[(start, end)])
+            continue
+        path = _shard_path(folder, start, end)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"The embedding-cache shard {path} (rows {start}-{end}) is missing after every process finished its "
+                "share: the processes do not see the same cache_dir. On several machines point embedding_cache_dir "
+                "at a shared filesystem."
+            )
+        parts.append(datasets.load_from_disk(path))
+    embeds = _concatenate_shards(parts) if parts else datasets.Dataset.from_dict({name: [] for name in produced})
+    readable = ~np.asarray(embeds.data.column(RETRIEVER_EMBEDS_COLUMN).is_null())
+    unreadable = int((~readable).sum())
+    cached = datasets.concatenate_datasets([dataset, embeds], axis=1)
     if unreadable:
         logger.warning("%d unreadable images were dropped from the cached dataset.", unreadable)
+        cached = cached.select(np.flatnonzero(readable))
     return cached.with_format("numpy", columns=produced, output_all_columns=True)
+
+
+class _ShardEncoder:
+    """Encodes the rows of one cache shard: decoding and preprocessing in `DataLoader` workers, encoders here."""
+
+    def __init__(self, policy, reward_model, image_column, batch_size, num_workers, cache_policy, share):
+        self.policy, self.reward_model = policy, reward_model
+        self.image_column, self.batch_size, self.num_workers = image_column, batch_size, num_workers
+        self.cache_policy, self.share = cache_policy, share
+
+    def encode(self, rows: datasets.Dataset, progress) -> datasets.Dataset:
+        """`rows` (one image column, undecoded) to a dataset of the embedding columns, `None` where unreadable."""
+        num_batches = -(-len(rows) // self.batch_size)
+        loader = torch.utils.data.DataLoader(
+            rows,
+            batch_size=self.batch_size,
+            num_workers=min(self.num_workers, num_batches) if num_batches > 1 else 0,
+            collate_fn=self._prepare,
+        )
+        columns: dict[str, list[Any]] = {RETRIEVER_EMBEDS_COLUMN: []}
+        if self.cache_policy:
+            columns[POLICY_EMBEDS_COLUMN] = []
+        for kept, policy_pixels, retriever_pixels, count in loader:
+            retriever_rows: list[Any] = [None] * count
+            policy_rows: list[Any] = [None] * count
+            if kept:
+                with torch.no_grad():
+                    if self.share and torch.equal(policy_pixels, retriever_pixels):
+                        policy_embeds = self.policy.encode_images(policy_pixels)  # [B, D]
+                        retriever_embeds = F.normalize(policy_embeds, dim=-1)  # what the retriever's would return
+                    else:
+                        policy_embeds = self.policy.encode_images(policy_pixels) if self.cache_policy else None
+                        retriever_embeds = self.reward_model.encode_images(retriever_pixels)
+                for row, value in zip(kept, _rows(retriever_embeds)):
+                    retriever_rows[row] = value
+                if self.cache_policy:
+                    for row, value in zip(kept, _rows(policy_embeds)):
+                        policy_rows[row] = value
+            columns[RETRIEVER_EMBEDS_COLUMN].extend(retriever_rows)
+            if self.cache_policy:
+                columns[POLICY_EMBEDS_COLUMN].extend(policy_rows)
+            progress.update(count)
+        return datasets.Dataset.from_dict(columns)
+
+    def _prepare(self, rows: list[dict[str, Any]]):
+        """In a worker: decode and preprocess a batch; unreadable rows are dropped and logged."""
+        images, kept = [], []
+        for row, value in enumerate(rows):
+            try:
+                images.append(decode_image(value[self.image_column]))
+                kept.append(row)
+            except Exception as error:  # any decoding failure drops the row, as the collator would
+                logger.warning(
+                    "Dropping unreadable image (row %s) from the cache: %s", value.get(INDEX_COLUMN, "?"), error
+                )
+        if not images:
+            return kept, None, None, len(rows)
+        retriever_pixels = self.reward_model.preprocess(images)
+        policy_pixels = self.policy.preprocess(images) if self.cache_policy else None
+        return kept, policy_pixels, retriever_pixels, len(rows)
+
+
+def _contiguous_share(num_shards: int, process_index: int, num_processes: int) -> range:
+    """This process's shards: `Dataset.shard(num_shards=num_processes, index=process_index, contiguous=True)`'s
+    split, applied to the list of cache shards (the first `num_shards % num_processes` processes take one more)."""
+    size, extra = divmod(num_shards, num_processes)
+    start = process_index * size + min(process_index, extra)
+    return range(start, start + size + (process_index < extra))
+
+
+def _undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
+    """Images as stored (bytes or paths), so that a broken file fails in `decode_image`, where it is counted."""
+    feature = dataset.features[image_column]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+def _shard_path(folder: str, start: int, end: int) -> str:
+    return os.path.join(folder, f"rows-{start:012d}-{end:012d}")
+
+
+def _save_atomically(shard: datasets.Dataset, path: str) -> None:
+    """Save to a temporary folder and rename it: a shard folder exists only once it is complete."""
+    partial = f"{path}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    shard.save_to_disk(partial)
+    try:
+        os.replace(partial, path)
+    except OSError:  # another process finished the same shard first (a rerun with another layout)
+        shutil.rmtree(partial, ignore_errors=True)
+        if not os.path.isdir(path):
+            raise
+
+
+def _concatenate_shards(parts: list[datasets.Dataset]) -> datasets.Dataset:
+    """Concatenate cache shards; a shard of unreadable images only has null-typed columns, cast to the others'."""
+    typed = next((part for part in parts if all(not _is_null(f) for f in part.features.values())), None)
+    if typed is not None:
+        parts = [part if part.features == typed.features else part.cast(typed.features) for part in parts]
+    return datasets.concatenate_datasets(parts)
+
+
+def _is_null(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype == "null"
+
+
+def _same_on_every_process(value: str) -> str:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+    return value
 
 
 def _rows(embeds: torch.Tensor | list[torch.Tensor]) -> list[Any]:

@@ -2,7 +2,8 @@
 
 One step on 2 processes x 100 images, with pools of 100 (each process's batch is its own pool) and with
 `pool_size=-1` (every caption against all 200 images), recording per rank the step's captions, retriever pixels,
-rewards and the logged pool metrics.
+rewards, the logged pool metrics and the weights. Optional arguments: the images per process and the pool sizes
+(`8 8,-1`), as the two-"machine" test runs it.
 """
 
 import sys
@@ -32,15 +33,16 @@ class RecordingRewardModel(DiscriminativeRewardModel):
         return output
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, per_device: str = "100", pool_sizes: str = "100,-1") -> None:
+    per_device_batch = int(per_device)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(200)]
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2 * per_device_batch)]
     dataset = datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
     results = {}
-    for pool_size in (100, -1):
+    for pool_size in [int(size) for size in pool_sizes.split(",")]:
         args = DiscriTuneConfig(
             output_dir=f"{out_dir}/pool{pool_size}",
-            per_device_train_batch_size=100,
+            per_device_train_batch_size=per_device_batch,
             pool_size=pool_size,
             max_steps=1,
             max_new_tokens=4,
@@ -56,9 +58,17 @@ def main(out_dir: str) -> None:
             model=tiny_clipcap_policy(seed=0), reward_model=reward_model, args=args, train_dataset=dataset
         )
         trainer.train()
-        results[pool_size] = {"first_call": reward_model.first_call, "log_history": trainer.state.log_history}
+        weights = {
+            name: p.detach().cpu() for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
+        }
+        results[pool_size] = {
+            "first_call": reward_model.first_call,
+            "log_history": trainer.state.log_history,
+            "num_processes": trainer.accelerator.num_processes,
+            "weights": weights,
+        }
     torch.save(results, f"{out_dir}/rank{torch.distributed.get_rank()}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
