@@ -102,4 +102,3 @@ def _load_webdataset(
         dataset = dataset.cast_column(field, datasets.Image(decode=False)).rename_column(field, "image")
         dataset = dataset.cast_column("image", datasets.Image())
     return dataset
-
