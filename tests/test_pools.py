@@ -205,7 +205,10 @@ def test_trainer_refuses_pools_it_cannot_form(tmp_path):
         _trainer(tmp_path, per_device_train_batch_size=6, pool_size=4)
     with pytest.raises(ValueError, match="pool_size=0 must be >= 1"):
         DiscriTuneConfig(output_dir=str(tmp_path), pool_size=0)
-    with pytest.raises(ValueError, match="Candidate pools of 1 image.*pool_size=1"):
+    with pytest.raises(
+        ValueError,
+        match=r"per_device_train_batch_size=8 on 1 process\(es\) \(pool_size=1: pools of 1 image\) leaves no",
+    ):
         _trainer(tmp_path, pool_size=1)
 
 

@@ -756,10 +756,10 @@ class DiscriTuneTrainer(Trainer):
         has_bank = getattr(self.reward_model, "num_hard_negatives", 0) > 0 or self._bank_from_cache
         if pools.images_per_pool < 2 and not has_bank:
             raise ValueError(
-                f"Candidate pools of {pools.images_per_pool} image (per_device_train_batch_size="
-                f"{args.per_device_train_batch_size} on {num_processes} process(es), pool_size={args.pool_size}) "
-                "leave no in-batch distractors; use pools of >= 2 images or give the reward model a hard-negative "
-                "bank with num_hard_negatives > 0."
+                f"per_device_train_batch_size={args.per_device_train_batch_size} on {num_processes} process(es) "
+                f"(pool_size={args.pool_size}: pools of {pools.images_per_pool} image) leaves no in-batch "
+                "distractors; use pools of >= 2 images or give the reward model a hard-negative bank with "
+                "num_hard_negatives > 0."
             )
         if pools.processes_per_pool > 1 and not getattr(self.reward_model, "gather_across_processes", True):
             raise ValueError(

@@ -198,7 +198,7 @@ def cache_frozen_embeddings(
             desc=desc if num_processes == 1 else f"{desc} [process {process_index}/{num_processes}]",
             unit="img",
             unit_scale=True,
-            disable=process_index != 0,
+            disable=process_index != 0 or not datasets.is_progress_bar_enabled(),  # as datasets' own passes
         )
         for start, end in todo:
             shard = encoder.encode(images.select(range(start, end)), progress)
