@@ -79,12 +79,11 @@ class WordCaptioner(CaptioningPolicy, PreTrainedModel):  # CaptioningPolicy firs
             raise ValueError("WordCaptioner decodes greedily or samples with temperature only.")
         with self.generation_mode():  # eval mode, no gradients
             embeds = self.image_conditioning(pixel_values, image_embeds).repeat_interleave(num_return_sequences, 0)
-            cache, new_ids = None, []
+            new_ids = []
             stops = torch.tensor(self.stop_token_ids)
             done = torch.zeros(len(embeds), dtype=torch.bool)
-            for _ in range(max_new_tokens):  # one token per step, with the KV cache
-                out = self.gpt(inputs_embeds=embeds, cache=cache, use_cache=True)
-                logits, cache = self.lm_head(out.last_hidden_state[:, -1]), out.cache  # [N, V]
+            for _ in range(max_new_tokens):  # one token per step; captions are short, so no KV cache
+                logits = self.lm_head(self.gpt(inputs_embeds=embeds).last_hidden_state[:, -1])  # [N, V]
                 ids = (
                     torch.multinomial((logits / temperature).softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)
                 )
@@ -92,7 +91,7 @@ class WordCaptioner(CaptioningPolicy, PreTrainedModel):  # CaptioningPolicy firs
                 done |= torch.isin(ids, stops)
                 if done.all():
                     break
-                embeds = self.gpt.wte(ids)[:, None]
+                embeds = torch.cat([embeds, self.gpt.wte(ids)[:, None]], dim=1)  # [N, P + t, E]
         return captions_from_generated(torch.stack(new_ids, 1), self.stop_token_ids, 0, decode=self.decode)
 
 
