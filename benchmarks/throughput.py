@@ -360,7 +360,7 @@ def time_discritune(
             per_device_train_batch_size=args.batch_size,
             pool_size=args.pool_size if args.pool_size is not None else min(100, args.batch_size),
             max_steps=args.warmup_steps + args.steps,
-            max_new_tokens=args.max_new_tokens,
+            max_completion_length=args.max_new_tokens,
             learning_rate=1e-7,
             bf16=precision == "bf16",
             fp16=precision == "fp16",
@@ -416,7 +416,7 @@ def reference_step(policy, retriever, pixel_values, optimizer, baseline, args, t
         generated = gpt2.generate(
             inputs_embeds=prefix,
             attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
-            max_new_tokens=args.max_new_tokens,
+            max_completion_length=args.max_new_tokens,
             do_sample=False,
             num_beams=1,
             logits_processor=LogitsProcessorList([RowByRowStopProcessor(policy.stop_token_ids, eos)]),

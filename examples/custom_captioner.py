@@ -104,7 +104,7 @@ def main(output_dir: str, max_steps: int = 4) -> list[str]:
     images = datasets.Dataset.from_dict({"image": [solid_image(c, size=16) for c in colors]})
     policy = WordCaptioner(WordCaptionerConfig(words=WORDS))
     args = DiscriTuneConfig(output_dir=output_dir, per_device_train_batch_size=10, max_steps=max_steps,
-                            learning_rate=1e-3, max_new_tokens=6, report_to="none", use_cpu=True,
+                            learning_rate=1e-3, max_completion_length=6, report_to="none", use_cpu=True,
                             save_strategy="no", disable_tqdm=True)  # fmt: skip
     trainer = DiscriTuneTrainer(
         model=policy,

@@ -122,7 +122,7 @@ def main(script_args: ScriptArguments, training_args: DiscriTuneConfig) -> None:
         model=policy, reward_model=retriever, args=training_args, train_dataset=train_dataset, peft_config=peft_config
     )
     trainer.train()
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(training_args.output_dir, dataset_name=script_args.dataset_name)  # the card names it
     print(f"Fine-tuned policy saved to {training_args.output_dir}; logs in {training_args.output_dir}/")
 
 

@@ -44,7 +44,7 @@ def test_lora_adapters_saved_by_the_trainer_load_onto_their_base(tmp_path):
             per_device_train_batch_size=4,
             max_steps=2,
             learning_rate=1e-2,
-            max_new_tokens=6,
+            max_completion_length=6,
             save_strategy="no",
             report_to="none",
             use_cpu=True,

@@ -38,7 +38,7 @@ def run_steps(policy, tmp_path, **trainer_kwargs):
         per_device_train_batch_size=4,
         max_steps=2,
         learning_rate=1e-2,
-        max_new_tokens=6,
+        max_completion_length=6,
         train_decoding="sample",
         logging_steps=1,
         report_to=[],
@@ -66,8 +66,8 @@ def test_a_few_discritune_steps_train_the_decoder_only(build, tmp_path):
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     trainer = run_steps(policy, tmp_path)
 
-    logged = [entry for entry in trainer.state.log_history if "reward/mean" in entry]
-    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(entry["reward/mean"])) for entry in logged)
+    logged = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(entry["reward"])) for entry in logged)
     changed = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
     vision_names = {name for name, p in policy.named_parameters() if id(p) in vision_ids}
     assert changed and not changed & vision_names
@@ -83,7 +83,7 @@ def test_lora_with_kl_to_the_adapter_free_policy_trains_only_adapters(tmp_path):
     policy = blip_policy()
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=BlipPolicy.lora_target_modules)
-    trainer = run_steps(policy, tmp_path, peft_config=peft_config, config_kwargs={"kl_coef": 0.1})
+    trainer = run_steps(policy, tmp_path, peft_config=peft_config, config_kwargs={"beta": 0.1})
     assert any("kl" in entry for entry in trainer.state.log_history)
     base = trainer.model.get_base_model()
     for name, p in base.named_parameters():

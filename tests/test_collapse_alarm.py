@@ -42,7 +42,7 @@ def discritune(policy, tmp_path, **overrides) -> DiscriTuneTrainer:
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=len(COLORS),  # every step sees every colour: no sampling noise
         max_steps=8,
-        max_new_tokens=6,
+        max_completion_length=6,
         logging_steps=1,
         collapse_window=1,
         save_strategy="no",
@@ -62,7 +62,7 @@ def discritune(policy, tmp_path, **overrides) -> DiscriTuneTrainer:
 
 
 def training_logs(trainer) -> list[dict]:
-    return [entry for entry in trainer.state.log_history if "reward/mean" in entry]
+    return [entry for entry in trainer.state.log_history if "reward" in entry]
 
 
 def test_the_alarm_fires_on_a_run_driven_to_collapse(color_namer, tmp_path, caplog):
@@ -74,7 +74,7 @@ def test_the_alarm_fires_on_a_run_driven_to_collapse(color_namer, tmp_path, capl
     alarms = trainer.collapse_alarm.alarms
     assert alarms and alarms[0].step == 2  # the first step whose log fell
     first = logs[1]
-    assert {alarm.metric for alarm in alarms if alarm.step == 2} >= {"retrieval/accuracy", "reward/mean"}
+    assert {alarm.metric for alarm in alarms if alarm.step == 2} >= {"retrieval/accuracy", "reward"}
     accuracy = next(alarm for alarm in alarms if alarm.metric == "retrieval/accuracy")
     assert accuracy.value == pytest.approx(first["retrieval/accuracy"])
     assert accuracy.level == pytest.approx(logs[0]["retrieval/accuracy"])
@@ -116,16 +116,16 @@ def feed(callback: CollapseAlarmCallback, curve: list[dict]) -> None:
 
 def test_a_slow_slide_is_measured_from_the_top_and_warned_once():
     # The collapse: accuracy 0.93 for 320 steps, then down to 0.63 by step 400 (logged every 10 steps).
-    plateau = [{"retrieval/accuracy": 0.93, "reward/mean": -0.25, "reward/std": 0.5, "caption/mean_length": 12.0}]
+    plateau = [{"retrieval/accuracy": 0.93, "reward": -0.25, "reward_std": 0.5, "completions/mean_length": 12.0}]
     slide = [
-        {"retrieval/accuracy": a, "reward/mean": r, "reward/std": 0.8, "caption/mean_length": 12.0}
+        {"retrieval/accuracy": a, "reward": r, "reward_std": 0.8, "completions/mean_length": 12.0}
         for a, r in [(0.9, -0.35), (0.86, -0.5), (0.8, -0.7), (0.76, -0.85), (0.7, -1.2), (0.66, -1.5), (0.63, -1.9)]
     ]
     callback = CollapseAlarmCallback(window=5)
     feed(callback, plateau * 32 + slide)
     # The running level of the last five logs would have followed the slide down; the best one stays at the top.
     assert [(alarm.step, alarm.metric) for alarm in callback.alarms] == [
-        (360, "reward/mean"),  # -0.85 < -0.25 - 1.0 * 0.5
+        (360, "reward"),  # -0.85 < -0.25 - 1.0 * 0.5
         (370, "retrieval/accuracy"),  # 0.70 < 0.93 - 0.2
     ]
 
@@ -134,9 +134,9 @@ def test_rising_and_noisy_training_curves_raise_no_alarm():
     curve = [
         {
             "retrieval/accuracy": min(0.87, 0.3 + 0.01 * step) + 0.02 * (-1) ** step,
-            "reward/mean": min(-0.6, -3.0 + 0.05 * step) + 0.05 * (-1) ** step,
-            "reward/std": 1.2,
-            "caption/mean_length": 9.0 + 0.1 * step,
+            "reward": min(-0.6, -3.0 + 0.05 * step) + 0.05 * (-1) ** step,
+            "reward_std": 1.2,
+            "completions/mean_length": 9.0 + 0.1 * step,
         }
         for step in range(80)
     ]

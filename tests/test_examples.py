@@ -74,15 +74,15 @@ def test_finetune_clipcap_on_a_saved_dataset_and_local_checkpoints(tmp_path):
         "--per_device_eval_batch_size", "4",
         "--max_steps", "2",
         "--learning_rate", "1e-3",
-        "--max_new_tokens", "6",
+        "--max_completion_length", "6",
         "--eval_num_beams", "2",
         "--report_to", "none",
         "--save_strategy", "no",
         "--use_cpu",
     )  # fmt: skip
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert 0 <= metrics["before"]["before_test_p_at_1"] <= 100 and 0 <= metrics["after"]["eval_test_p_at_1"] <= 100
-    assert metrics["before"]["before_test_num_candidates"] == 4  # the test split of --dataset_name
+    assert 0 <= metrics["before"]["eval_test_p_at_1"] <= 100 and 0 <= metrics["after"]["eval_test_p_at_1"] <= 100
+    assert metrics["before"]["eval_test_num_candidates"] == 4  # the test split of --dataset_name
     assert metrics["after"]["eval_shifted_num_candidates"] == 5  # the cross-domain set
     assert str(output_dir) in result.stdout
     policy = ClipCapPolicy.from_pretrained(str(output_dir))
@@ -117,7 +117,7 @@ def test_num_hard_negatives_on_the_clipcap_example_command_line(tmp_path, monkey
                 "--num_hard_negatives", "5",
                 "--per_device_train_batch_size", "4",
                 "--max_steps", "1",
-                "--max_new_tokens", "4",
+                "--max_completion_length", "4",
                 "--report_to", "none",
                 "--save_strategy", "no",
                 "--use_cpu",
@@ -163,13 +163,15 @@ def test_finetune_clipcap_streams_its_train_split(tmp_path):
         "--per_device_train_batch_size", "4",
         "--max_steps", "3",
         "--learning_rate", "1e-3",
-        "--max_new_tokens", "6",
+        "--max_completion_length", "6",
         "--logging_steps", "1",
+        "--log_completions",
         "--report_to", "none",
         "--save_strategy", "no",
         "--use_cpu",
     )  # fmt: skip
-    samples = [json.loads(line) for line in (output_dir / "sample_captions.jsonl").read_text().splitlines()]
+    (path,) = (output_dir / "completions").glob("*.jsonl")  # one file for the run
+    samples = [json.loads(line) for line in path.read_text().splitlines()]
     assert {sample["step"] for sample in samples} == {1, 2, 3}
     assert {sample["image_index"] for sample in samples} <= set(range(8))  # --max_train_samples 8 of the stream
     assert (output_dir / "model.safetensors").is_file()

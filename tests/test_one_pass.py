@@ -93,7 +93,7 @@ def one_step(tmp_path, logprobs_from_generation: str, **overrides):
         dict(cache_embeddings=False, log_prob_reduction="sum"),
         dict(train_decoding="sample", num_generations=2, baseline="loo", top_k=10),
         dict(train_decoding="sample", baseline="greedy", temperature=0.8),
-        dict(kl_coef=0.5, baseline="none"),
+        dict(beta=0.5, baseline="none"),
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "paper",
 )
@@ -101,7 +101,7 @@ def test_one_pass_step_gives_the_two_pass_loss_and_every_gradient(tmp_path, over
     two_pass, loss, gradients = one_step(tmp_path, "false", **overrides)
     one_pass, one_pass_loss, one_pass_gradients = one_step(tmp_path, "true", **overrides)
     assert one_pass._one_pass and not two_pass._one_pass
-    assert one_pass._metrics["caption/mean_length"] == two_pass._metrics["caption/mean_length"]
+    assert one_pass._metrics["completions/mean_length"] == two_pass._metrics["completions/mean_length"]
     torch.testing.assert_close(one_pass_loss, loss, rtol=1e-5, atol=1e-6)
     assert one_pass_gradients.keys() == gradients.keys()
     for name, gradient in gradients.items():

@@ -237,7 +237,11 @@ def test_a_greedy_only_policy_is_evaluated_greedily_with_one_warning(tmp_path, c
         model=policy,
         reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
         args=DiscriTuneConfig(
-            output_dir=str(tmp_path), per_device_eval_batch_size=4, max_new_tokens=6, use_cpu=True, report_to="none"
+            output_dir=str(tmp_path),
+            per_device_eval_batch_size=4,
+            max_completion_length=6,
+            use_cpu=True,
+            report_to="none",
         ),
         eval_dataset=image_dataset(6),
     )

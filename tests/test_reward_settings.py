@@ -24,7 +24,7 @@ def make_config(tmp_path, **overrides) -> DiscriTuneConfig:
         per_device_train_batch_size=4,
         max_steps=1,
         learning_rate=1e-3,
-        max_new_tokens=4,
+        max_completion_length=4,
         logging_steps=1,
         save_strategy="no",
         use_cpu=True,

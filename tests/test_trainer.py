@@ -15,6 +15,7 @@ from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 from discritune_trl.trainer import RunningMeanBaseline
 from discritune_trl.trainer.baselines import leave_one_out_baseline
+from discritune_trl.trainer.completions import completions_path
 
 
 def random_images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -33,7 +34,7 @@ def make_config(tmp_path, **overrides) -> DiscriTuneConfig:
         per_device_eval_batch_size=8,
         max_steps=2,
         learning_rate=1e-2,
-        max_new_tokens=6,
+        max_completion_length=6,
         eval_num_beams=2,
         logging_steps=1,
         save_strategy="no",
@@ -80,7 +81,7 @@ def test_loss_equals_hand_computation_with_running_mean(tmp_path):
 
 
 def test_sum_reduction_and_kl_term(tmp_path):
-    trainer = make_trainer(tmp_path, log_prob_reduction="sum", kl_coef=0.5, baseline="none", cache_embeddings=False)
+    trainer = make_trainer(tmp_path, log_prob_reduction="sum", beta=0.5, baseline="none", cache_embeddings=False)
     batch = first_batch(trainer)
     policy = trainer.model
     # Perturb the policy so it differs from the frozen reference and the KL is positive.
@@ -144,7 +145,8 @@ def test_training_updates_mapper_and_gpt2_but_never_encoders(tmp_path):
         dict(baseline="greedy", train_decoding="beam", num_beams=2),
         dict(baseline="loo", train_decoding="sample", num_generations=2, top_k=10),
         dict(reward_type="accuracy"),
-        dict(whiten_advantages=True),
+        dict(scale_rewards="batch"),
+        dict(scale_rewards="group", train_decoding="sample", num_generations=2),
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -157,13 +159,16 @@ def test_every_baseline_and_decoding_trains(tmp_path, overrides):
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2
     for key in (
-        "reward/mean",
-        "reward/std",
+        "reward",
+        "reward_std",
         "retrieval/accuracy",
         "baseline",
         "advantage/mean",
-        "caption/mean_length",
-        "caption/stopped_fraction",
+        "advantage/std",
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+        "completions/clipped_ratio",
     ):
         assert np.isfinite(logs[-1][key]), key
     if overrides.get("baseline") == "none":
@@ -376,12 +381,12 @@ def test_streaming_datasets_train_and_evaluate_without_a_cache(tmp_path):
     stream = image_dataset(12).to_iterable_dataset()
     with pytest.raises(ValueError, match="no column 'picture'"):
         make_trainer(tmp_path, dataset=stream, image_column="picture")
-    trainer = make_trainer(tmp_path, dataset=stream, max_steps=3, num_sample_captions_to_log=4)
+    trainer = make_trainer(tmp_path, dataset=stream, max_steps=3, log_completions=True, num_completions_to_print=4)
     assert isinstance(trainer.train_dataset, datasets.IterableDataset)  # not materialised to be cached
     trainer.train()
-    rewards = [entry["reward/mean"] for entry in trainer.state.log_history if "reward/mean" in entry]
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     assert len(rewards) == 3 and all(np.isfinite(rewards))
-    lines = open(os.path.join(trainer.args.output_dir, "sample_captions.jsonl")).read().splitlines()
+    lines = open(completions_path(trainer.args.output_dir, trainer.run_id)).read().splitlines()
     assert sorted(json.loads(line)["image_index"] for line in lines[-4:]) == [
         8,
         9,
@@ -431,13 +436,28 @@ def test_gradient_accumulation_warns_that_each_micro_batch_forms_its_own_candida
     assert [tuple(output.logits.shape) for output in seen] == [(4, 4)] * 4  # 2 steps x 2 micro-batches of 4
 
 
-def test_sample_captions_are_logged_with_image_ids(tmp_path):
-    trainer = make_trainer(tmp_path, num_sample_captions_to_log=2)
+def test_completions_are_logged_with_image_reward_and_advantage_one_file_per_run(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, log_completions=True, num_completions_to_print=2)
     trainer.train()
-    lines = open(os.path.join(trainer.args.output_dir, "sample_captions.jsonl")).read().splitlines()
-    samples = [json.loads(line) for line in lines]
+    path = completions_path(trainer.args.output_dir, trainer.run_id)
+    samples = [json.loads(line) for line in open(path).read().splitlines()]
     assert len(samples) == 4  # two per logging step
-    assert all(0 <= sample["image_index"] < 8 and isinstance(sample["caption"], str) for sample in samples)
+    assert [sample["step"] for sample in samples] == [1, 1, 2, 2]
+    for sample in samples:
+        assert 0 <= sample["image_index"] < 8 and isinstance(sample["caption"], str)
+        assert np.isfinite(sample["reward"]) and np.isfinite(sample["advantage"])
+    printed = capsys.readouterr().out  # printed, whatever the log level
+    assert "Completions at step 2" in printed and samples[-1]["caption"][:20] in printed
+    # A second run in the same output_dir writes its own file instead of appending to the first one's.
+    again = make_trainer(tmp_path, log_completions=True, num_completions_to_print=2)
+    again.run_id = trainer.run_id + "-again"
+    again.train()
+    assert len(open(path).read().splitlines()) == 4
+    assert len(open(completions_path(again.args.output_dir, again.run_id)).read().splitlines()) == 4
+    # Off by default (as TRL's log_completions): no file.
+    quiet = make_trainer(tmp_path / "quiet")
+    quiet.train()
+    assert not os.path.exists(os.path.join(quiet.args.output_dir, "completions"))
 
 
 @pytest.mark.parametrize(
@@ -446,7 +466,7 @@ def test_sample_captions_are_logged_with_image_ids(tmp_path):
         (dict(baseline="loo"), "num_generations >= 2"),
         (dict(baseline="greedy"), "train_decoding='sample'"),
         (dict(num_generations=3), "would repeat"),
-        (dict(max_new_tokens=80), "at most 75"),
+        (dict(max_completion_length=80), "at most 75"),
         (dict(baseline="typo"), "baseline='typo'"),
         (dict(reward_type="clipscore"), "reward_type='clipscore'"),
         (dict(top_p=0.0), "top_p=0.0"),
@@ -533,7 +553,7 @@ def test_lora_trains_only_adapters(tmp_path):
     trainer = DiscriTuneTrainer(
         model=tiny_clipcap_policy(seed=0),
         reward_model=DiscriminativeRewardModel(tiny_open_clip_retriever(seed=0)),
-        args=make_config(tmp_path, kl_coef=0.1),
+        args=make_config(tmp_path, beta=0.1),
         train_dataset=image_dataset(8),
         peft_config=LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False),
     )

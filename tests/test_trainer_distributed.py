@@ -72,8 +72,8 @@ def test_two_process_training_uses_the_global_batch(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     # The logged reward is the global mean, and both processes hold the same baseline and the same weights.
-    first_log = next(entry for entry in ranks[0]["log_history"] if "reward/mean" in entry)
-    assert first_log["reward/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+    first_log = next(entry for entry in ranks[0]["log_history"] if "reward" in entry)
+    assert first_log["reward"] == pytest.approx(expected.mean().item(), abs=1e-5)
     assert ranks[0]["baseline"] == ranks[1]["baseline"]
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(weight, ranks[1]["weights"][name]), name
@@ -143,8 +143,8 @@ def test_two_processes_with_an_unreadable_image_on_one_rank_train_and_evaluate(t
             got = torch.cat([call["rewards"] for call in step_calls])
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
             assert all(call["num_candidates"] == len(captions) for call in step_calls)
-            logged = [entry for entry in case[0]["log_history"] if "reward/mean" in entry][step]
-            assert logged["reward/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+            logged = [entry for entry in case[0]["log_history"] if "reward" in entry][step]
+            assert logged["reward"] == pytest.approx(expected.mean().item(), abs=1e-5)
         # The skipped image is counted once, whichever process met it, and the processes stayed in sync.
         last_log = [entry for entry in case[0]["log_history"] if "data/unreadable_images" in entry][-1]
         assert last_log["data/unreadable_images"] == 1.0

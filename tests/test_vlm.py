@@ -99,7 +99,7 @@ def train(policy, tmp_path, **trainer_kwargs):
         per_device_train_batch_size=4,
         max_steps=1,
         learning_rate=1e-2,
-        max_new_tokens=4,
+        max_completion_length=4,
         logging_steps=1,
         report_to=[],
         save_strategy="no",
@@ -142,7 +142,7 @@ def test_lora_with_kl_trains_only_adapters_and_saves_loads_and_merges(family, tm
     base.save_pretrained(tmp_path / "base")
     policy = load_policy(str(tmp_path / "base"))
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
-    trainer = train(policy, tmp_path / "run", peft_config=vlm_lora_config(r=4), config_kwargs={"kl_coef": 0.1})
+    trainer = train(policy, tmp_path / "run", peft_config=vlm_lora_config(r=4), config_kwargs={"beta": 0.1})
     assert any("kl" in entry for entry in trainer.state.log_history)
     trained = trainer.model
     lora_names = [name for name, _ in trained.named_parameters() if "lora_" in name]

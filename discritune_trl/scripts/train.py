@@ -267,11 +267,11 @@ def main(
     )
     metrics = {}
     if eval_dataset is not None:
-        metrics["before"] = trainer.evaluate(metric_key_prefix="before")
+        metrics["before"] = trainer.evaluate()  # logged as eval metrics at step 0 (TensorBoard: eval/* at 0)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if eval_dataset is not None:
         metrics["after"] = trainer.evaluate()
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(training_args.output_dir, dataset_name=script_args.dataset_name)  # the card names it
     metrics["runtime_seconds"] = time.time() - start
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "metrics.json"), "w") as handle:

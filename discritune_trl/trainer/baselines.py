@@ -17,6 +17,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..rewards.distributed import gather_rows
+
 
 class RunningMeanBaseline(TrainerCallback, ExportableState):
     """Running mean of past batch-mean rewards; part of the trainer state.
@@ -59,3 +61,26 @@ def leave_one_out_baseline(rewards: torch.Tensor, num_generations: int) -> torch
     grouped = rewards.view(-1, num_generations)  # [B, G]
     others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (num_generations - 1)
     return others_mean.reshape(-1)
+
+
+def scale_advantages(advantages: torch.Tensor, scale_rewards: str, num_generations: int = 1) -> torch.Tensor:
+    """Centre and scale `[B * G]` advantages as TRL does (`GRPOConfig.scale_rewards`, RLOO's `normalize_advantages`).
+
+    - `"none"`: returned as they are (the paper).
+    - `"batch"`: `(a - mean(a)) / (std(a) + 1e-4)`, the mean and std over the global batch (every process's
+      advantages, gathered with unequal sizes allowed).
+    - `"group"`: the same within each image's `num_generations` consecutive captions.
+    """
+    if scale_rewards == "none":
+        return advantages
+    if scale_rewards == "group":
+        if num_generations < 2:
+            raise ValueError(f"scale_rewards='group' needs num_generations >= 2, got {num_generations}.")
+        grouped = advantages.view(-1, num_generations)  # [B, G]
+        centred = grouped - grouped.mean(dim=1, keepdim=True)
+        return (centred / (grouped.std(dim=1, keepdim=True) + 1e-4)).reshape(-1)
+    if scale_rewards == "batch":
+        global_advantages, _ = gather_rows(advantages.detach().float())  # [sum over processes of B * G]
+        std = global_advantages.std() if global_advantages.numel() > 1 else global_advantages.new_zeros(())
+        return (advantages - global_advantages.mean()) / (std + 1e-4)
+    raise ValueError(f"scale_rewards={scale_rewards!r} is not one of ('none', 'group', 'batch').")

@@ -61,9 +61,9 @@ class CollapseAlarmCallback(TrainerCallback):
     nothing is compared before `window` logs exist). An alarm is raised when
 
     - `retrieval/accuracy` is more than `accuracy_drop` below its level (accuracy is in [0, 1]);
-    - `reward/mean` is more than `reward_drop` reward standard deviations below its level (the batch standard
-      deviation `reward/std`, averaged over the window that set the level), whatever the reward's scale;
-    - `caption/mean_length` is below `length_ratio` times its level.
+    - `reward` is more than `reward_drop` reward standard deviations below its level (the batch standard
+      deviation `reward_std`, averaged over the window that set the level), whatever the reward's scale;
+    - `completions/mean_length` is below `length_ratio` times its level.
 
     Each metric warns once when it falls, and again only after it recovered. At the end of training the alarms are
     summarised, with what to do: the weights `train()` ends with are the collapsed policy's unless
@@ -104,19 +104,19 @@ class CollapseAlarmCallback(TrainerCallback):
         thresholds = {}
         accuracy, reward, length = (
             self._level("retrieval/accuracy"),
-            self._level("reward/mean"),
-            self._level("caption/mean_length"),
+            self._level("reward"),
+            self._level("completions/mean_length"),
         )
         if "retrieval/accuracy" in logs and accuracy.best is not None:
             thresholds["retrieval/accuracy"] = accuracy.best - self.accuracy_drop
-        if "reward/mean" in logs and reward.best is not None and reward.best_companion > 0:
-            thresholds["reward/mean"] = reward.best - self.reward_drop * reward.best_companion
-        if "caption/mean_length" in logs and length.best is not None:
-            thresholds["caption/mean_length"] = length.best * self.length_ratio
+        if "reward" in logs and reward.best is not None and reward.best_companion > 0:
+            thresholds["reward"] = reward.best - self.reward_drop * reward.best_companion
+        if "completions/mean_length" in logs and length.best is not None:
+            thresholds["completions/mean_length"] = length.best * self.length_ratio
         return thresholds
 
     def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
-        if not logs or "reward/mean" not in logs:  # evaluation logs and the end-of-training summary
+        if not logs or "reward" not in logs:  # evaluation logs and the end-of-training summary
             return control
         new_alarms = []
         for metric, threshold in self._thresholds(logs).items():
@@ -130,8 +130,8 @@ class CollapseAlarmCallback(TrainerCallback):
             else:
                 self._alarmed.discard(metric)
         self._level("retrieval/accuracy").add(float(logs.get("retrieval/accuracy", 0.0)))
-        self._level("reward/mean").add(float(logs["reward/mean"]), float(logs.get("reward/std", 0.0)))
-        self._level("caption/mean_length").add(float(logs.get("caption/mean_length", 0.0)))
+        self._level("reward").add(float(logs["reward"]), float(logs.get("reward_std", 0.0)))
+        self._level("completions/mean_length").add(float(logs.get("completions/mean_length", 0.0)))
         if new_alarms:
             self.alarms.extend(new_alarms)
             action = (
@@ -140,7 +140,7 @@ class CollapseAlarmCallback(TrainerCallback):
                 else "Training goes on (stop_on_collapse=True stops it)."
             )
             logger.warning(
-                "Training collapse at step %d: %s. %s A lower learning_rate, a KL penalty (kl_coef), or selecting the "
+                "Training collapse at step %d: %s. %s A lower learning_rate, a KL penalty (beta), or selecting the "
                 "checkpoint on a validation set (eval_strategy + load_best_model_at_end) avoid keeping a collapsed "
                 "policy.",
                 state.global_step,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,16 @@ TRAIN_DECODINGS = ("greedy", "sample", "beam")
 REWARD_TYPES = ("log_prob", "accuracy", "cosine")
 LOG_PROB_REDUCTIONS = ("mean", "sum")
 LOGPROBS_FROM_GENERATION = ("auto", "true", "false")
+SCALE_REWARDS = ("none", "group", "batch")
+
+# Old field name -> new field name. The old names are accepted at construction (and as command-line flags) with a
+# FutureWarning, and removed in a later 0.x release.
+DEPRECATED_FIELDS = {
+    "kl_coef": "beta",
+    "max_new_tokens": "max_completion_length",
+    "whiten_advantages": "scale_rewards",
+    "num_sample_captions_to_log": "num_completions_to_print",
+}
 
 
 @dataclass
@@ -68,9 +79,9 @@ class DiscriTuneConfig(TrainingArguments):
 
         > Parameters that control generation
 
-        max_new_tokens (`int`, *optional*, defaults to `40`):
-            Maximum number of caption tokens. Generation also stops at the first full stop or EOS. At most 75, the
-            number of tokens CLIP reads.
+        max_completion_length (`int`, *optional*, defaults to `40`):
+            Maximum number of caption tokens (TRL's name; formerly `max_new_tokens`). Generation also stops at the
+            first full stop or EOS. At most 75, the number of tokens CLIP reads.
         train_decoding (`str`, *optional*, defaults to `"greedy"`):
             How training captions are decoded: `"greedy"` (paper), `"sample"` (with `temperature`, `top_k`,
             `top_p`), or `"beam"` (`num_beams` beams, the paper's Table 8 setting for the greedy baseline).
@@ -125,10 +136,15 @@ class DiscriTuneConfig(TrainingArguments):
         log_prob_reduction (`str`, *optional*, defaults to `"mean"`):
             How token log-probabilities make the caption's log-probability: `"mean"` (normalised by length, as the
             public DiscriTune implementation) or `"sum"` (the sequence log-probability of REINFORCE's derivation).
-        kl_coef (`float`, *optional*, defaults to `0.0`):
-            Weight of a KL penalty to the frozen initial policy (per-token k3 estimator). `0` keeps no reference model.
-        whiten_advantages (`bool`, *optional*, defaults to `False`):
-            Divide advantages by the batch reward standard deviation. Off in the paper.
+        beta (`float`, *optional*, defaults to `0.0`):
+            KL coefficient (TRL's name; formerly `kl_coef`): weight of a KL penalty to the frozen initial policy
+            (per-token k3 estimator, as GRPO). `0` keeps no reference model.
+        scale_rewards (`str` or `bool`, *optional*, defaults to `"none"`):
+            Advantage scaling, TRL's `GRPOConfig.scale_rewards` values (formerly `whiten_advantages`, which only
+            divided by the std): `"none"` / `False` (paper): `reward - baseline` as it is; `"batch"`: the advantages
+            are centred on their mean over the global batch and divided by their standard deviation over it (+1e-4),
+            as RLOO's `normalize_advantages` and GRPO's `"batch"`; `"group"` / `True`: centred and scaled within the
+            `num_generations` captions of each image (needs `num_generations >= 2`).
         logprobs_from_generation (`str` or `bool`, *optional*, defaults to `"auto"`):
             Where the caption log-probabilities come from. `"true"`: the one-pass step, which decodes the training
             captions *with* gradients through the KV cache and takes their log-probabilities from that pass (as SCST
@@ -154,9 +170,13 @@ class DiscriTuneConfig(TrainingArguments):
             evaluation images drawn with `eval_seed` (paper: 100).
         eval_seed (`int`, *optional*, defaults to `0`):
             Seed of the evaluation distractor draw, fixed so evaluations are comparable.
-        num_sample_captions_to_log (`int`, *optional*, defaults to `4`):
-            Sample captions (with their images' dataset indices) written to the log and to
-            `<output_dir>/sample_captions.jsonl` at each logging step.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            At each logging step, log `num_completions_to_print` training captions with their image's dataset index,
+            reward and advantage: a table in the console, a JSONL file per run under `output_dir`
+            (`completions/<run id>.jsonl`) and a table to wandb / trackio when they are in `report_to` (TRL's name).
+        num_completions_to_print (`int` or `None`, *optional*, defaults to `4`):
+            Captions logged per logging step when `log_completions` is on; `None` logs every caption of the step.
+            (Formerly `num_sample_captions_to_log`, which also switched the logging on.)
         eval_report_greedy (`bool`, *optional*, defaults to `False`):
             `evaluate()` also captions the evaluation set greedily (the training decoding) and reports its P@1 as
             `<prefix>_greedy_p_at_1` beside the beam-search `<prefix>_p_at_1` (`eval_num_beams` beams), so that a
@@ -176,10 +196,18 @@ class DiscriTuneConfig(TrainingArguments):
         collapse_accuracy_drop (`float`, *optional*, defaults to `0.2`):
             Alarm when in-batch retrieval accuracy (in [0, 1]) falls this far below its running level.
         collapse_reward_drop (`float`, *optional*, defaults to `1.0`):
-            Alarm when the mean reward falls this many batch reward standard deviations (`reward/std`, averaged
+            Alarm when the mean reward falls this many batch reward standard deviations (`reward_std`, averaged
             over the same window) below its running level.
         collapse_length_ratio (`float`, *optional*, defaults to `0.5`):
             Alarm when the mean caption length falls below this fraction of its running level.
+
+        > Deprecated names
+
+        `kl_coef`, `max_new_tokens`, `whiten_advantages` and `num_sample_captions_to_log` are still accepted (in
+        Python and as flags) with a `FutureWarning`, and set `beta`, `max_completion_length`,
+        `scale_rewards="batch"`/`"none"` and `log_completions` + `num_completions_to_print`; giving an old name and
+        its new name different values is a `ValueError`. The config then holds the value under the new name only
+        (the old attribute reads `None`).
 
         With `load_best_model_at_end=True` and no `metric_for_best_model`, the best checkpoint is the one with the
         highest `eval_p_at_1` (`metric_for_best_model="p_at_1"`).
@@ -236,7 +264,7 @@ class DiscriTuneConfig(TrainingArguments):
     )
 
     # > Generation
-    max_new_tokens: int = field(default=40, metadata={"help": "Maximum caption tokens (<= 75)."})
+    max_completion_length: int = field(default=40, metadata={"help": "Maximum caption tokens (<= 75)."})
     train_decoding: str = field(
         default="greedy", metadata={"help": "Training decoding: greedy | sample | beam.", "choices": TRAIN_DECODINGS}
     )
@@ -276,14 +304,20 @@ class DiscriTuneConfig(TrainingArguments):
         default="mean",
         metadata={"help": "Caption log-prob: mean (length-normalised) | sum.", "choices": LOG_PROB_REDUCTIONS},
     )
-    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty weight to the frozen initial policy."})
-    whiten_advantages: bool = field(default=False, metadata={"help": "Divide advantages by the reward std."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient: penalty weight to the frozen initial policy."})
     logprobs_from_generation: str = field(
         default="auto",
         metadata={
             "help": "Take the log-probs from the decoding pass (one pass, true), from a second teacher-forced pass "
             "(false), or whichever measured faster where the one pass applies (auto).",
             "choices": LOGPROBS_FROM_GENERATION,
+        },
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={
+            "help": "Advantage scaling (TRL's values): none | batch (centre and scale over the global batch) | group "
+            "(within each image's num_generations captions). True means group, False none."
         },
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Switch off the policy's dropout."})
@@ -295,7 +329,13 @@ class DiscriTuneConfig(TrainingArguments):
     # > Evaluation and logging
     eval_num_candidates: int = field(default=100, metadata={"help": "Candidates per query for eval P@1."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the eval distractor draw."})
-    num_sample_captions_to_log: int = field(default=4, metadata={"help": "Sample captions logged per log step."})
+    log_completions: bool = field(
+        default=False, metadata={"help": "Log training captions with image index, reward and advantage."}
+    )
+    num_completions_to_print: int | None = field(
+        default=4, metadata={"help": "Captions logged per logging step with log_completions (None: all)."}
+    )
+
     eval_report_greedy: bool = field(
         default=False, metadata={"help": "evaluate() also reports greedy-decoding P@1 (<prefix>_greedy_p_at_1)."}
     )
@@ -316,7 +356,18 @@ class DiscriTuneConfig(TrainingArguments):
         default=0.5, metadata={"help": "Alarm when caption length falls below this fraction of its level."}
     )
 
+    # > Deprecated names (TRL's names above replace them); each maps to its new field with a FutureWarning.
+    kl_coef: float | None = field(default=None, metadata={"help": "Deprecated: use --beta."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Deprecated: use --max_completion_length."})
+    whiten_advantages: bool | None = field(
+        default=None, metadata={"help": "Deprecated: use --scale_rewards batch (which also centres)."}
+    )
+    num_sample_captions_to_log: int | None = field(
+        default=None, metadata={"help": "Deprecated: use --log_completions --num_completions_to_print N."}
+    )
+
     def __post_init__(self):
+        self._map_deprecated_fields()
         if os.environ.get("WORLD_SIZE", "1") != "1" and not _has_accelerator():
             # Several processes on a machine without accelerator (`accelerate launch --multi_gpu --num_processes 2`
             # on CPUs): without this, Accelerate would see no device to distribute over and skip DDP.
@@ -353,9 +404,10 @@ class DiscriTuneConfig(TrainingArguments):
                 "train_decoding='beam' (beam search re-ranks its hypotheses, so the decoding pass does not hold the "
                 "chosen caption's log-probs); use logprobs_from_generation='false' or 'auto' (the two-pass step)."
             )
-        if not 1 <= self.max_new_tokens <= MAX_CAPTION_TOKENS:
+        self._check_choice("scale_rewards", SCALE_REWARDS)
+        if not 1 <= self.max_completion_length <= MAX_CAPTION_TOKENS:
             raise ValueError(
-                f"max_new_tokens={self.max_new_tokens} must be between 1 and {MAX_CAPTION_TOKENS}: CLIP reads "
+                f"max_completion_length={self.max_completion_length} must be between 1 and {MAX_CAPTION_TOKENS}: CLIP reads "
                 "at most 75 caption tokens (paper: 40)."
             )
         if not self.learning_rate > 0:  # also NaN
@@ -400,8 +452,16 @@ class DiscriTuneConfig(TrainingArguments):
             )
         if self.num_hard_negatives < 0:
             raise ValueError(f"num_hard_negatives={self.num_hard_negatives} must be >= 0.")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef={self.kl_coef} must be >= 0.")
+        if self.beta < 0:
+            raise ValueError(f"beta={self.beta} must be >= 0.")
+        if self.scale_rewards == "group" and self.num_generations < 2:
+            raise ValueError(
+                "scale_rewards='group' centres and scales the rewards of each image's num_generations captions and "
+                f"needs num_generations >= 2 (got {self.num_generations}); use scale_rewards='batch' or raise "
+                "num_generations (with train_decoding='sample')."
+            )
+        if self.num_completions_to_print is not None and self.num_completions_to_print < 0:
+            raise ValueError(f"num_completions_to_print={self.num_completions_to_print} must be >= 0 or None.")
         if self.collapse_window < 1:
             raise ValueError(f"collapse_window={self.collapse_window} must be >= 1 logged value.")
         if not 0 < self.collapse_accuracy_drop <= 1:
@@ -412,6 +472,36 @@ class DiscriTuneConfig(TrainingArguments):
             raise ValueError(f"collapse_length_ratio={self.collapse_length_ratio} must be in (0, 1).")
         if self.eval_num_candidates < 2:
             raise ValueError(f"eval_num_candidates={self.eval_num_candidates} must be >= 2 (target + distractors).")
+
+    def _map_deprecated_fields(self) -> None:
+        """Map each deprecated name the user set onto its TRL name (a FutureWarning each); setting both, with
+        different values, is an error naming both."""
+        if isinstance(self.scale_rewards, bool) or self.scale_rewards in ("True", "False", "true", "false"):
+            self.scale_rewards = "group" if str(self.scale_rewards).lower() == "true" else "none"
+        defaults = {f.name: f.default for f in self.__dataclass_fields__.values()}
+        for old, new in DEPRECATED_FIELDS.items():
+            value = getattr(self, old)
+            if value is None:
+                continue
+            if old == "whiten_advantages":
+                mapped = {new: "batch" if value else "none"}
+            elif old == "num_sample_captions_to_log":
+                mapped = {"log_completions": value > 0, new: value}
+            else:
+                mapped = {new: value}
+            warnings.warn(
+                f"{old}={value!r} is deprecated and will be removed in a later 0.x release; use "
+                + " and ".join(f"{name}={mapped_value!r}" for name, mapped_value in mapped.items())
+                + " (TRL's names).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            for name, mapped_value in mapped.items():
+                current = getattr(self, name)
+                if current != defaults[name] and current != mapped_value:
+                    raise ValueError(f"{old}={value!r} (deprecated) and {name}={current!r} disagree; set only {name}.")
+                setattr(self, name, mapped_value)
+            setattr(self, old, None)  # the config holds each setting once, under its new name
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -18,6 +17,9 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import Trainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..evaluation.retrieval import precision_at_1
 from ..models.auto import load_policy
@@ -27,11 +29,12 @@ from ..rewards import build_reward_model, check_reward_model_matches, describe_r
 from ..rewards.distributed import gather_objects, gather_rows
 from ..rewards.pools import PoolLayout, pool_layout
 from ..utils.images import decode_image
-from .baselines import RunningMeanBaseline, leave_one_out_baseline
+from .baselines import RunningMeanBaseline, leave_one_out_baseline, scale_advantages
 from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
 from .callbacks import CollapseAlarmCallback
 from .checkpoints import check_architecture, checkpoint_problem, last_complete_checkpoint, read_baseline_state
 from .collator import DiscriTuneCollator
+from .completions import completions_path, new_run_id, print_completions, report_completions, write_completions
 from .discritune_config import DiscriTuneConfig
 from .embedding_cache import cache_frozen_embeddings, policy_caches_image_features
 from .model_card import write_model_card
@@ -39,15 +42,13 @@ from .model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_CAPTIONS_NAME = "sample_captions.jsonl"
-
 
 class DiscriTuneTrainer(Trainer):
     """Fine-tune an image captioner so that a frozen retriever finds the captioned image (DiscriTune).
 
     One training step (see `compute_loss`): caption the batch without gradients, let the reward model score each
     caption against the images of its candidate pool (`args.pool_size`), subtract the baseline, and minimise
-    `-mean(advantage * log p(caption | image))` (+ `kl_coef` * KL to the initial policy).
+    `-mean(advantage * log p(caption | image))` (+ `beta` * KL to the initial policy).
 
     Args:
         model: the captioner, any `PreTrainedModel` implementing `CaptioningPolicy` (e.g. `ClipCapPolicy`).
@@ -72,7 +73,7 @@ class DiscriTuneTrainer(Trainer):
             its `alarms` list what it warned of.
     """
 
-    _tag_names = ["trl", "discritune", "image-captioning", "reinforce"]
+    _tag_names = ["discritune", "image-captioning", "reinforce"]
 
     def __init__(
         self,
@@ -105,7 +106,7 @@ class DiscriTuneTrainer(Trainer):
             for module in model.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
-        self.ref_model = _frozen_reference(model) if args.kl_coef > 0 and peft_config is None else None
+        self.ref_model = _frozen_reference(model) if args.beta > 0 and peft_config is None else None
         if processing_class is None:
             processing_class = model.processing_class
         if data_collator is None:
@@ -142,7 +143,9 @@ class DiscriTuneTrainer(Trainer):
             self.ref_model.to(self.accelerator.device)
         self.add_callback(RunningMeanBaseline())  # saved in every checkpoint's trainer_state.json
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self._sample_captions: list[dict[str, Any]] = []
+        self._completions: list[dict[str, Any]] = []
+        self.run_id = new_run_id()  # names this run's completions file
+        self.dataset_name: str | None = None  # the training data as the user named it, for the model cards
         self._num_unreadable_images = 0
         self._num_skipped_batches = 0
         self._unreadable_in_cache: dict[int, int] = {}  # id(cached dataset) -> rows dropped while caching it
@@ -178,11 +181,11 @@ class DiscriTuneTrainer(Trainer):
             token_log_probs = self._token_log_probs(model, captions, image_inputs)
         log_probs = reduce_token_log_probs(token_log_probs, captions.caption_mask, self.args.log_prob_reduction)
         loss = -(advantages * log_probs).mean()
-        if self.args.kl_coef > 0:
+        if self.args.beta > 0:
             kl = self._kl(policy, captions, image_inputs, token_log_probs)
-            loss = loss + self.args.kl_coef * kl
+            loss = loss + self.args.beta * kl
         self._check_finite_loss(loss, inputs, image_inputs, token_log_probs)
-        self._record_captions(captions, inputs.image_index)
+        self._record_captions(captions, inputs.image_index, rewards, advantages)
         return (loss, captions) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -224,7 +227,7 @@ class DiscriTuneTrainer(Trainer):
         one-pass step (`logprobs_from_generation`), with their tokens' log-probs through `model`'s forward (so that
         DDP sees the pass with gradients)."""
         decoding = self.args.train_decoding
-        kwargs = {"max_new_tokens": self.args.max_new_tokens}
+        kwargs = {"max_new_tokens": self.args.max_completion_length}
         if decoding == "sample":
             kwargs.update(
                 do_sample=True,
@@ -260,8 +263,8 @@ class DiscriTuneTrainer(Trainer):
                 "Check the retriever's embeddings, or lower the learning rate if the policy diverged."
             )
         global_rewards, _ = gather_rows(rewards)  # processes may hold different numbers of captions
-        self._log_metric("reward/mean", global_rewards.mean().item())
-        self._log_metric("reward/std", global_rewards.std().item() if global_rewards.numel() > 1 else 0.0)
+        self._log_metric("reward", global_rewards.mean().item())
+        self._log_metric("reward_std", global_rewards.std().item() if global_rewards.numel() > 1 else 0.0)
         self._log_metric("retrieval/accuracy", self._global_mean(output.accuracy.float()))
         self._log_metric("reward/num_candidates", float(output.logits.shape[1]))  # pool + mined hard negatives
         if getattr(output, "pool_sizes", None) is not None:  # a pool spanning processes is reported by each of them
@@ -286,7 +289,7 @@ class DiscriTuneTrainer(Trainer):
             baseline = torch.full_like(rewards, self.running_mean.mean)
             self.running_mean.update(global_rewards.mean().item())
         elif kind == "greedy":
-            greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_new_tokens)
+            greedy = self._caption(policy, image_inputs, max_new_tokens=self.args.max_completion_length)
             with torch.no_grad():
                 baseline = self.reward_model(
                     greedy.texts, **inputs.retriever_inputs, **self._reward_kwargs()
@@ -296,11 +299,11 @@ class DiscriTuneTrainer(Trainer):
             baseline = leave_one_out_baseline(rewards, self.args.num_generations)
         else:
             baseline = torch.zeros_like(rewards)
-        advantages = rewards - baseline
-        if self.args.whiten_advantages:
-            advantages = advantages / (global_rewards.std() + 1e-6)
+        advantages = scale_advantages(rewards - baseline, self.args.scale_rewards, self.args.num_generations)
         self._log_metric("baseline", self._global_mean(baseline))
-        self._log_metric("advantage/mean", self._global_mean(advantages))
+        global_advantages, _ = gather_rows(advantages.detach().float())
+        self._log_metric("advantage/mean", global_advantages.mean().item())
+        self._log_metric("advantage/std", global_advantages.std().item() if global_advantages.numel() > 1 else 0.0)
         return advantages.detach()
 
     def _token_log_probs(self, model, captions, image_inputs) -> torch.Tensor:
@@ -363,7 +366,7 @@ class DiscriTuneTrainer(Trainer):
                 "the policy's log-probabilities of its captions: its weights may have diverged (lower learning_rate)"
             )
         else:
-            source = "the advantages or the KL term: check the rewards, the baseline and kl_coef"
+            source = "the advantages or the KL term: check the rewards, the baseline and beta"
         raise FloatingPointError(
             f"Non-finite loss ({loss.item()}) at training step {self.state.global_step + 1}, from {source}. Training "
             "stopped before this step's update, so no checkpoint holds it; the last saved checkpoint is intact."
@@ -396,37 +399,58 @@ class DiscriTuneTrainer(Trainer):
     def _log_metric(self, name: str, value: float) -> None:
         self._metrics[name].append(value)
 
-    def _record_captions(self, captions, image_index: torch.Tensor) -> None:
-        lengths = captions.caption_mask.sum(dim=1).float()
-        self._log_metric("caption/mean_length", self._global_mean(lengths))
-        self._log_metric("caption/stopped_fraction", self._global_mean(captions.stopped.float()))
+    def _record_captions(self, captions, image_index: torch.Tensor, rewards, advantages) -> None:
+        """Length statistics of the step's captions (GRPO's `completions/*` names) and, with `log_completions`, the
+        captions to log: `num_completions_to_print` of them, gathered from every process."""
+        lengths, _ = gather_rows(captions.caption_mask.sum(dim=1).float())  # [global B * G]
+        clipped, _ = gather_rows((~captions.stopped).float())  # ran into max_completion_length without stopping
+        self._log_metric("completions/mean_length", lengths.mean().item())
+        self._log_metric("completions/min_length", lengths.min().item())
+        self._log_metric("completions/max_length", lengths.max().item())
+        self._log_metric("completions/clipped_ratio", clipped.mean().item())
+        if not self.args.log_completions:
+            return
         repeats = len(captions.texts) // max(1, image_index.numel())
-        indices = image_index.repeat_interleave(repeats).tolist()
-        count = self.args.num_sample_captions_to_log
-        self._sample_captions = [
-            {"step": self.state.global_step + 1, "image_index": index, "caption": text}
-            for index, text in zip(indices[:count], captions.texts[:count])
+        indices = gather_objects(image_index.repeat_interleave(repeats).tolist())
+        texts = gather_objects(list(captions.texts))
+        rewards = gather_objects(rewards.float().tolist())
+        advantages = gather_objects(advantages.float().tolist())
+        count = len(texts) if self.args.num_completions_to_print is None else self.args.num_completions_to_print
+        self._completions = [
+            {"step": self.state.global_step + 1, "image_index": index, "caption": text, "reward": r, "advantage": a}
+            for index, text, r, a in list(zip(indices, texts, rewards, advantages))[:count]
         ]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the DiscriTune metrics averaged since the last log, and write sample captions."""
+        """Add the DiscriTune metrics averaged since the last log, and log the step's completions."""
+        self._tensorboard_under_output_dir()
         if "loss" in logs:
             logs.update({name: sum(values) / len(values) for name, values in self._metrics.items()})
             logs["data/unreadable_images"] = float(self._num_unreadable_images)
             logs["data/skipped_batches"] = float(self._num_skipped_batches)
             self._metrics.clear()
-            self._write_sample_captions()
+            self._log_completions()
         super().log(logs, start_time)
 
-    def _write_sample_captions(self) -> None:
-        if not self._sample_captions or not self.is_world_process_zero():
+    def _tensorboard_under_output_dir(self) -> None:
+        """Point transformers' TensorBoard callback at `<output_dir>/runs/<time>_<host>` before it opens its writer.
+
+        The callback sets its folder in `on_train_begin` but opens its writer at the first log event: a log before
+        training (an evaluation before `train()`, as the examples run) made it open `SummaryWriter(log_dir=None)`,
+        i.e. `./runs` of the current directory. `TENSORBOARD_LOGGING_DIR`, when set, keeps precedence.
+        """
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
+
+    def _log_completions(self) -> None:
+        """TRL's `log_completions`: a console table, this run's JSONL file and a wandb / trackio table."""
+        if not self._completions or not self.is_world_process_zero():
             return
-        lines = "\n".join(f"  [{s['image_index']}] {s['caption']}" for s in self._sample_captions)
-        logger.info("Sample captions at step %d:\n%s", self.state.global_step, lines)
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, SAMPLE_CAPTIONS_NAME), "a") as handle:
-            for sample in self._sample_captions:
-                handle.write(json.dumps(sample) + "\n")
+        print_completions(self._completions, self.state.global_step)
+        write_completions(self._completions, completions_path(self.args.output_dir, self.run_id))
+        report_completions(self._completions, self.args.report_to or [])
+        self._completions = []
 
     # ------------------------------------------------------------------ evaluation
 
@@ -475,7 +499,7 @@ class DiscriTuneTrainer(Trainer):
                 )
             else:
                 captions = self._caption(
-                    policy, batch.policy_inputs, num_beams=num_beams, max_new_tokens=self.args.max_new_tokens
+                    policy, batch.policy_inputs, num_beams=num_beams, max_new_tokens=self.args.max_completion_length
                 )
                 with torch.no_grad():
                     local_text = self.reward_model.retriever.encode_texts(captions.texts).float()
@@ -642,15 +666,31 @@ class DiscriTuneTrainer(Trainer):
             self.running_mean.load_state_dict(state)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
-        """Write `README.md` in `output_dir`: base model, retriever, data, hyper-parameters, metrics, citation."""
+        """Write `README.md` in `output_dir`: base model, retriever, data, hyper-parameters, metrics, training
+        curves, framework versions, citation. `dataset_name` (kept for later cards) is reported as given."""
+        if dataset_name is not None:
+            self.dataset_name = dataset_name
         if not self.is_world_process_zero():
             return
-        write_model_card(self, model_name=model_name, dataset_name=dataset_name, tags=self._tag_names)
+        write_model_card(self, model_name=model_name, tags=self._tag_names)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+    def save_model(
+        self, output_dir: str | None = None, _internal_call: bool = False, dataset_name: str | None = None
+    ) -> None:
+        """`Trainer.save_model`, plus the model card; `dataset_name` (e.g. the `--dataset_name` the user gave) is
+        what the card reports as the training data, and is kept for the checkpoints' and `push_to_hub`'s cards."""
+        if dataset_name is not None:
+            self.dataset_name = dataset_name
         super().save_model(output_dir, _internal_call)
         if not _internal_call and self.is_world_process_zero():
             write_model_card(self, output_dir=output_dir or self.args.output_dir, tags=self._tag_names)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # each checkpoint is a loadable policy: it gets its card too
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if os.path.isdir(folder):
+                write_model_card(self, output_dir=folder, tags=self._tag_names)
 
     # ------------------------------------------------------------------ the frozen-embedding cache
 

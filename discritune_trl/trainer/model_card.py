@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 
@@ -27,17 +28,98 @@ HYPERPARAMETERS = (
     "gradient_accumulation_steps",
     "max_steps",
     "num_train_epochs",
-    "max_new_tokens",
+    "max_completion_length",
     "train_decoding",
     "num_generations",
     "baseline",
     "pool_size",
     "log_prob_reduction",
-    "kl_coef",
+    "beta",
+    "scale_rewards",
     "eval_num_beams",
     "eval_num_candidates",
     "seed",
 )
+
+
+# The metrics whose course the card tabulates ("Training curves"), by their logged names.
+CURVE_METRICS = ("loss", "reward", "reward_std", "retrieval/accuracy", "kl", "completions/mean_length")
+CURVE_ROWS = 10
+
+# `datasets`' packaged builders: a dataset they loaded is local files, not a Hub dataset of that name.
+PACKAGED_BUILDERS = frozenset(
+    {"imagefolder", "audiofolder", "videofolder", "arrow", "csv", "json", "parquet", "text", "webdataset", "generator"}
+)
+
+FRAMEWORKS = (
+    ("discritune-trl", "discritune-trl"),
+    ("TRL", "trl"),
+    ("Transformers", "transformers"),
+    ("PyTorch", "torch"),
+    ("Datasets", "datasets"),
+    ("Tokenizers", "tokenizers"),
+    ("PEFT", "peft"),
+    ("open_clip", "open_clip_torch"),
+)
+
+
+def framework_versions() -> dict[str, str]:
+    """The installed versions of the libraries a run depends on (as TRL's cards list them)."""
+    versions = {}
+    for name, distribution in FRAMEWORKS:
+        try:
+            versions[name] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            if distribution == "discritune-trl":  # run from a checkout, not installed
+                from .. import __version__
+
+                versions[name] = __version__
+    return versions
+
+
+def training_curves_table(log_history: list[dict], rows: int = CURVE_ROWS) -> str | None:
+    """A markdown table of the training metrics at (at most) `rows` logging steps spread over the run, the last
+    one included; `None` when nothing was logged."""
+    logs = [entry for entry in log_history if "loss" in entry and "step" in entry]
+    if not logs:
+        return None
+    picked = sorted({round(i * (len(logs) - 1) / max(1, rows - 1)) for i in range(min(rows, len(logs)))})
+    columns = [name for name in CURVE_METRICS if any(name in logs[i] for i in picked)]
+    lines = ["| step | " + " | ".join(f"`{name}`" for name in columns) + " |"]
+    lines.append("| ---: | " + " | ".join("---:" for _ in columns) + " |")
+    for i in picked:
+        cells = [f"{logs[i][name]:.4g}" if isinstance(logs[i].get(name), (int, float)) else "" for name in columns]
+        lines.append(f"| {logs[i]['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe_dataset(dataset, dataset_name: str | None) -> tuple[str, str | None]:
+    """`(what the card says of the training data, the Hub id for its `datasets` metadata or None)`.
+
+    The name the user gave is reported as given, and listed as a Hub dataset only when it reads as a Hub id and is
+    not a local path. Without one, a dataset loaded by one of `datasets`' packaged builders (an `imagefolder`, JSON,
+    Parquet files...) is described as local files: never as the Hub dataset `imagefolder`.
+    """
+    if dataset_name:
+        return f"`{dataset_name}`", _hub_id(dataset_name)
+    info = getattr(dataset, "info", None)
+    builder = getattr(info, "builder_name", None) or getattr(info, "dataset_name", None)
+    if builder in PACKAGED_BUILDERS:
+        return f"local files read with `datasets`' `{builder}` loader", None
+    if builder:
+        return f"`{builder}`", _hub_id(builder)
+    return "images of the trainer's `train_dataset`", None
+
+
+def run_tags(trainer, base_policy, adapters: bool, tags: list[str] | None) -> list[str]:
+    """Tags true of the run: DiscriTune's, the policy's `model_type`, and `peft` / `lora` for adapters."""
+    found = set(tags or []) | {"discritune", "image-captioning", "reinforce"}
+    model_type = getattr(getattr(base_policy, "config", None), "model_type", None)
+    if model_type:
+        found.add(model_type)
+    if adapters:
+        found |= {"peft", "lora"}
+    return sorted(found)
 
 
 def _name_or_path(module) -> str:
@@ -94,15 +176,18 @@ def write_model_card(
         key: value for entry in trainer.state.log_history for key, value in entry.items() if key.startswith("eval_")
     }
     final_metrics.update(metrics or {})
-    dataset_line = dataset_name or getattr(getattr(trainer.train_dataset, "info", None), "dataset_name", None)
+    dataset_name = dataset_name or getattr(trainer, "dataset_name", None)
+    dataset_line, dataset_hub_id = describe_dataset(trainer.train_dataset, dataset_name)
+    # No pipeline_tag: transformers' image-to-text pipeline cannot load a policy folder (see docs/trainer.md).
     card_data = ModelCardData(
         library_name="discritune-trl",
-        pipeline_tag="image-to-text",
-        tags=sorted(set(tags or []) | {"discritune"}),
+        tags=run_tags(trainer, base_policy, adapters, tags),
         base_model=_hub_id(_name_or_path(base_policy)),
-        datasets=[dataset_line] if _hub_id(dataset_line) else None,
+        datasets=[dataset_hub_id] if dataset_hub_id else None,
     )
     repo_id = getattr(trainer, "hub_model_id", None) or model_name or output_dir
+    curves = training_curves_table(trainer.state.log_history)
+    versions = "\n".join(f"- {name}: {version}" for name, version in framework_versions().items())
     metrics_block = (
         f"```json\n{json.dumps(final_metrics, indent=2, default=str)}\n```"
         if final_metrics
@@ -118,7 +203,7 @@ An image captioner fine-tuned with **DiscriTune** (discriminative fine-tuning wi
 text-to-image retriever reads each generated caption and must pick its image out of the other images of the
 batch; the captioner is rewarded for captions that let it. No human captions were used for training.
 
-- **Base captioner:** {_describe(base_policy)}{" with LoRA adapters (this repository holds the adapters)" if adapters else ""}
+- **Base captioner:** {_describe(base_policy)}, `model_type` `{getattr(getattr(base_policy, "config", None), "model_type", "")}`{" with LoRA adapters (this repository holds the adapters)" if adapters else ""}
 - **Retriever (frozen judge):** {", ".join(f"`{name}`" for name in reward["retrievers"])}
 - **Reward model:** `{reward["class"]}`, reward_type `{reward["reward_type"]}`, {_candidates_line(reward)}
 - **Training data:** {dataset_line or "images of the trainer's `train_dataset`"}
@@ -140,6 +225,10 @@ Reward model:
 
 {metrics_block}
 
+## Training curves
+
+{curves or "No training step was logged."}
+
 `eval_p_at_1` is the paper's retrieval precision at 1: the frozen retriever reads the beam-search caption and
 ranks the target among `eval_num_candidates` images.
 
@@ -151,6 +240,10 @@ from discritune_trl.models.auto import load_policy
 policy = load_policy("{repo_id}")  # {"the base policy with the adapters applied (a peft.PeftModel)" if adapters else type(policy).__name__}
 captions = policy.generate_captions(pixel_values=policy.preprocess(images), num_beams=5).texts
 ```
+
+## Framework versions
+
+{versions}
 
 ## Citation
 

@@ -48,7 +48,7 @@ WORLD_TRAINING_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 100,
     "per_device_eval_batch_size": 250,
     "max_steps": 400,
-    "max_new_tokens": 20,
+    "max_completion_length": 20,
     "logging_steps": 10,
     "eval_strategy": "steps",
     "eval_steps": 50,
@@ -148,11 +148,11 @@ def run_world_job(
     results["selection"] = selection
     alarms = trainer.collapse_alarm.alarms if trainer.collapse_alarm is not None else []
     results["collapse_alarms"] = [dataclasses.asdict(alarm) for alarm in alarms]
-    watched = ("reward/mean", "retrieval/accuracy", "caption/mean_length")
+    watched = ("reward", "retrieval/accuracy", "completions/mean_length")
     results["training_curves"] = [
         {"step": entry["step"], **{name: entry[name] for name in watched}}
         for entry in trainer.state.log_history
-        if "reward/mean" in entry
+        if "reward" in entry
     ]
     results["runtime_seconds"] = time.time() - start
     results["world"] = world.root

@@ -138,11 +138,13 @@ def plot_training_curves(log_history: list[dict[str, Any]], path: str) -> str:
     """Reward and in-batch retrieval accuracy over training steps, from `trainer.state.log_history`."""
     from matplotlib.figure import Figure  # the object-oriented API: no pyplot state, no process-wide backend
 
-    logs = [entry for entry in log_history if "reward/mean" in entry]
+    # "reward" (GRPO's name); histories written before the rename hold "reward/mean".
+    key = "reward" if any("reward" in entry for entry in log_history) else "reward/mean"
+    logs = [entry for entry in log_history if key in entry]
     steps = [entry["step"] for entry in logs]
     figure = Figure(figsize=(10, 3.6))
     left, right = figure.subplots(1, 2)
-    left.plot(steps, [entry["reward/mean"] for entry in logs], color="tab:blue")
+    left.plot(steps, [entry[key] for entry in logs], color="tab:blue")
     left.set(xlabel="step", ylabel="reward (log-prob of the target)", title="Reward")
     right.plot(steps, [100 * entry["retrieval/accuracy"] for entry in logs], color="tab:green")
     right.set(xlabel="step", ylabel="% captions retrieving their image", title="In-batch retrieval accuracy")

@@ -43,7 +43,7 @@ def main(out_dir: str) -> None:
         per_device_train_batch_size=4,
         max_steps=2,
         learning_rate=1e-2,
-        max_new_tokens=6,
+        max_completion_length=6,
         eval_num_beams=2,
         per_device_eval_batch_size=3,
         logging_steps=1,
