@@ -3,13 +3,20 @@
 import glob
 import os
 
+import datasets
+import numpy as np
 import pytest
+from PIL import Image
 
 from discritune_trl import DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 
-from .test_trainer import image_dataset
+
+def image_dataset(count: int, seed: int = 0) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+    return datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
 
 
 pytest.importorskip("tensorboard")  # the `tensorboard` extra (installed by .ci/run through `dev`)

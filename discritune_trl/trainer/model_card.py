@@ -70,10 +70,8 @@ def framework_versions() -> dict[str, str]:
         try:
             versions[name] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
-            if distribution == "discritune-trl":  # run from a checkout, not installed
-                from .. import __version__
-
-                versions[name] = __version__
+            if distribution == "discritune-trl":  # run from a source checkout that is not installed
+                versions[name] = "not installed (source checkout)"
     return versions
 
 
@@ -203,7 +201,7 @@ An image captioner fine-tuned with **DiscriTune** (discriminative fine-tuning wi
 text-to-image retriever reads each generated caption and must pick its image out of the other images of the
 batch; the captioner is rewarded for captions that let it. No human captions were used for training.
 
-- **Base captioner:** {_describe(base_policy)}, `model_type` `{getattr(getattr(base_policy, "config", None), "model_type", "")}`{" with LoRA adapters (this repository holds the adapters)" if adapters else ""}
+- **Base captioner:** {_describe(base_policy)}{" with LoRA adapters (this repository holds the adapters)" if adapters else ""}; `model_type`: `{getattr(getattr(base_policy, "config", None), "model_type", "")}`
 - **Retriever (frozen judge):** {", ".join(f"`{name}`" for name in reward["retrievers"])}
 - **Reward model:** `{reward["class"]}`, reward_type `{reward["reward_type"]}`, {_candidates_line(reward)}
 - **Training data:** {dataset_line or "images of the trainer's `train_dataset`"}
