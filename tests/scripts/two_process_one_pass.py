@@ -40,7 +40,7 @@ def main(out_dir: str) -> None:
             learning_rate=1e-2,
             optim="sgd",
             max_grad_norm=0.0,
-            max_new_tokens=6,
+            max_completion_length=6,
             logging_steps=1,
             save_strategy="no",
             report_to="none",
@@ -56,11 +56,20 @@ def main(out_dir: str) -> None:
             train_dataset=dataset,
             callbacks=[recorder],
         )
+        captions = []  # this process's training captions
+        generate = trainer._generate
+
+        def recording_generate(*args, generate=generate, captions=captions, **kwargs):
+            output = generate(*args, **kwargs)
+            captions.extend(output.texts)
+            return output
+
+        trainer._generate = recording_generate
         trainer.train()
         record[mode] = {
             "one_pass": trainer._one_pass,
             "loss": next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry),
-            "captions": [sample["caption"] for sample in trainer._sample_captions],
+            "captions": captions,
             "gradients": {name.removeprefix("module."): grad for name, grad in recorder.gradients.items()},
         }
     record["num_processes"] = trainer.accelerator.num_processes
