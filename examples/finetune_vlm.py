@@ -107,7 +107,7 @@ def main(script_args: ScriptArguments, training_args: DiscriTuneConfig) -> None:
         training_args.max_steps = training_args.max_steps if training_args.max_steps > 0 else 2
         training_args.per_device_train_batch_size = min(training_args.per_device_train_batch_size, 4)
         training_args.learning_rate = max(training_args.learning_rate, 1e-3)
-        training_args.max_new_tokens = min(training_args.max_new_tokens, 8)
+        training_args.max_completion_length = min(training_args.max_completion_length, 8)
         training_args.report_to = []
     if script_args.train_vision_encoder and script_args.use_lora:
         raise ValueError("--train_vision_encoder needs full fine-tuning: add --use_lora false.")
