@@ -124,7 +124,7 @@ def test_webdataset_shards_train_and_evaluate_with_a_broken_member(tmp_path):
             per_device_train_batch_size=4,
             per_device_eval_batch_size=5,
             max_steps=3,
-            max_new_tokens=4,
+            max_completion_length=4,
             eval_num_beams=1,
             eval_num_candidates=5,
             logging_steps=1,

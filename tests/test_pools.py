@@ -152,7 +152,7 @@ def _trainer(tmp_path, **overrides) -> DiscriTuneTrainer:
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
         max_steps=1,
-        max_new_tokens=5,
+        max_completion_length=5,
         logging_steps=1,
         save_strategy="no",
         use_cpu=True,

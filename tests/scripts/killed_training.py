@@ -26,7 +26,7 @@ def make_trainer(output_dir: str, dataset) -> DiscriTuneTrainer:
         per_device_train_batch_size=4,
         max_steps=4,
         learning_rate=1e-2,
-        max_new_tokens=6,
+        max_completion_length=6,
         logging_steps=1,
         save_strategy="steps",
         save_steps=1,

@@ -45,7 +45,7 @@ def main(out_dir: str, per_device: str = "100", pool_sizes: str = "100,-1") -> N
             per_device_train_batch_size=per_device_batch,
             pool_size=pool_size,
             max_steps=1,
-            max_new_tokens=4,
+            max_completion_length=4,
             logging_steps=1,
             save_strategy="no",
             report_to="none",
