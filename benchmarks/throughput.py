@@ -416,7 +416,7 @@ def reference_step(policy, retriever, pixel_values, optimizer, baseline, args, t
         generated = gpt2.generate(
             inputs_embeds=prefix,
             attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
-            max_completion_length=args.max_new_tokens,
+            max_new_tokens=args.max_new_tokens,
             do_sample=False,
             num_beams=1,
             logits_processor=LogitsProcessorList([RowByRowStopProcessor(policy.stop_token_ids, eos)]),
