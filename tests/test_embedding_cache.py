@@ -262,3 +262,13 @@ def test_a_killed_cache_pass_resumes_without_redoing_finished_shards(tmp_path):
     policy, reward_model, encoded = counting_models()
     cache_frozen_embeddings(dataset_with_a_broken_image(), policy, reward_model, **settings)
     assert encoded == []
+
+
+def test_cache_workers_default_to_at_most_the_available_cores_and_a_given_value_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (
+        DiscriTuneConfig(output_dir=str(tmp_path), use_cpu=True).cache_num_workers == 2
+    )  # not torch's "4 > 2" warning
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert DiscriTuneConfig(output_dir=str(tmp_path), use_cpu=True).cache_num_workers == 4
+    assert DiscriTuneConfig(output_dir=str(tmp_path), use_cpu=True, cache_num_workers=6).cache_num_workers == 6

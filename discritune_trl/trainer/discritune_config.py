@@ -64,10 +64,12 @@ class DiscriTuneConfig(TrainingArguments):
             columns (e.g. saved with `save_to_disk` after a first run) are used as they are.
         cache_batch_size (`int`, *optional*, defaults to `64`):
             Images per encoder batch while caching.
-        cache_num_workers (`int`, *optional*, defaults to `4`):
+        cache_num_workers (`int`, *optional*):
             Worker processes decoding and preprocessing images during the cache pass (each process of a
             multi-process run has its own; at most one per batch of its share), so JPEG decoding does not starve the
-            encoders. `0` decodes in the training process.
+            encoders. `0` decodes in the training process. Defaults to 4, or fewer where the machine has fewer CPU
+            cores available to this process (`os.sched_getaffinity`), so that the pass never asks for more workers
+            than cores; a value given is used as given.
         cache_shard_size (`int`, *optional*, defaults to `10000`):
             Images per cache shard: the cache pass is split into shards of this many consecutive images, divided
             among the processes (each encodes only its contiguous share) and saved one by one, so a killed pass
@@ -250,8 +252,12 @@ class DiscriTuneConfig(TrainingArguments):
         default=True, metadata={"help": "Encode images with the frozen encoders once, before training."}
     )
     cache_batch_size: int = field(default=64, metadata={"help": "Images per encoder batch while caching."})
-    cache_num_workers: int = field(
-        default=4, metadata={"help": "Workers decoding images during the cache pass, per process (0: none)."}
+    cache_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Workers decoding images during the cache pass, per process (0: none; default: 4, at most "
+            "the available CPU cores)."
+        },
     )
     cache_shard_size: int = field(
         default=10_000, metadata={"help": "Images per resumable cache shard (the pass is split among processes)."}
@@ -416,6 +422,9 @@ class DiscriTuneConfig(TrainingArguments):
             )
         if self.cache_batch_size < 1:
             raise ValueError(f"cache_batch_size={self.cache_batch_size} must be >= 1.")
+        if self.cache_num_workers is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            self.cache_num_workers = min(4, cores)
         if self.cache_num_workers < 0:
             raise ValueError(f"cache_num_workers={self.cache_num_workers} must be >= 0 (0: decode in this process).")
         if self.cache_shard_size < 1:
