@@ -11,7 +11,7 @@ A real pairing, when connected (or with the weights in the Hugging Face cache), 
 
 `--model_name_or_path` is a plain vision-language model (Hub id or folder, loaded with `AutoModelForImageTextToText`
 and `AutoProcessor`) or a folder saved by `VLMPolicy.save_pretrained`. `--retriever_name_or_path` is a transformers
-CLIP / SigLIP model (`TransformersCLIPRetriever`); `--retriever_model` an open_clip architecture instead.
+CLIP / SigLIP / SigLIP2 model (`TransformersCLIPRetriever`); `--retriever_model` an open_clip architecture instead.
 See `docs/vlm.md`.
 """
 
@@ -65,7 +65,8 @@ class ScriptArguments:
     retriever_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "transformers CLIP/SigLIP retriever (e.g. google/siglip2-base-patch16-224); tiny if omitted."
+            "help": "transformers CLIP/SigLIP/SigLIP2 retriever, folder or Hub id (e.g. google/siglip2-base-patch16-224); "
+            "tiny if omitted."
         },
     )
     retriever_model: str | None = field(

@@ -7,6 +7,8 @@ from torch import nn
 
 from discritune_trl import OpenCLIPRetriever, Retriever, TransformersCLIPRetriever
 from discritune_trl.testing.retrievers import (
+    TRANSFORMERS_RETRIEVER_TYPES,
+    save_transformers_retriever,
     tiny_open_clip_config,
     tiny_open_clip_retriever,
     tiny_transformers_clip_retriever,
@@ -30,7 +32,7 @@ def open_clip_retriever():
     return tiny_open_clip_retriever(seed=0)
 
 
-@pytest.fixture(scope="module", params=["clip", "siglip"])
+@pytest.fixture(scope="module", params=TRANSFORMERS_RETRIEVER_TYPES)
 def transformers_retriever(request):
     return tiny_transformers_clip_retriever(seed=0, model_type=request.param)
 
@@ -123,7 +125,11 @@ def test_open_clip_without_weights_is_a_clear_error():
 
 def test_transformers_retriever_encodes_and_is_frozen(transformers_retriever):
     pixel_values = transformers_retriever.preprocess(_images())
-    assert pixel_values.shape == (3, 3, 32, 32)
+    if transformers_retriever.reads_pixels_only:
+        assert pixel_values.shape == (3, 3, 32, 32)
+    else:  # SigLIP2: at most 16 patches of 8x8x3 pixels per image, a mask of the real ones, each image's grid
+        assert pixel_values["pixel_values"].shape == (3, 16, 192)
+        assert pixel_values["pixel_attention_mask"].shape == (3, 16) and pixel_values["spatial_shapes"].shape == (3, 2)
     dim = transformers_retriever.embed_dim
     _assert_unit_rows(transformers_retriever.encode_images(pixel_values), 3, dim)
     _assert_unit_rows(transformers_retriever.encode_texts(CAPTIONS + [LONG_CAPTION]), 4, dim)
@@ -150,18 +156,61 @@ def test_transformers_retriever_truncates_and_pads_as_trained(transformers_retri
         )
 
 
-def test_transformers_retriever_from_pretrained_round_trip(tmp_path):
-    retriever = tiny_transformers_clip_retriever(seed=1, model_type="clip")
-    retriever.model.save_pretrained(tmp_path)
-    retriever.tokenizer.save_pretrained(tmp_path)
-    retriever.image_processor.save_pretrained(tmp_path)
-    loaded = TransformersCLIPRetriever.from_pretrained(str(tmp_path))
+@pytest.mark.parametrize("model_type", TRANSFORMERS_RETRIEVER_TYPES)
+def test_transformers_retriever_from_pretrained_round_trip(model_type, tmp_path):
+    retriever = tiny_transformers_clip_retriever(seed=1, model_type=model_type)
+    loaded = TransformersCLIPRetriever.from_pretrained(save_transformers_retriever(retriever, tmp_path))
+    assert type(loaded.model) is type(retriever.model) and type(loaded.tokenizer) is type(retriever.tokenizer)
     images = _images()
     assert torch.equal(
         loaded.encode_images(loaded.preprocess(images)), retriever.encode_images(retriever.preprocess(images))
     )
     assert torch.equal(loaded.encode_texts(CAPTIONS), retriever.encode_texts(CAPTIONS))
     torch.testing.assert_close(loaded.logit_scale, retriever.logit_scale)
+
+
+# ---- SigLIP2 (NaFlex): patches, patch mask and grid shapes instead of one pixel tensor --------------------------
+
+
+@pytest.fixture(scope="module")
+def siglip2_retriever():
+    return tiny_transformers_clip_retriever(seed=0, model_type="siglip2")
+
+
+def test_siglip2_keeps_aspect_ratios_and_masks_the_padding_patches(siglip2_retriever):
+    images = [Image.new("RGB", (64, 16), "red"), Image.new("RGB", (16, 48), "blue"), Image.new("RGB", (32, 32))]
+    inputs = siglip2_retriever.preprocess(images)
+    grids = inputs["spatial_shapes"].tolist()  # (rows, columns) of patches
+    assert grids[0][1] > grids[0][0] and grids[1][0] > grids[1][1] and grids[2] == [4, 4]  # wide, tall, square
+    assert inputs["pixel_attention_mask"].sum(dim=1).tolist() == inputs["spatial_shapes"].prod(dim=1).tolist()
+    padded = ~inputs["pixel_attention_mask"].bool().all(dim=1)  # images filling fewer than 16 patches
+    assert padded.tolist() == [False, True, False]  # 2x8 and 4x4 patches fill all 16, the tall 16x48 image 6x2
+
+    # An image embeds the same alone as beside images of other shapes: the padding patches are masked out.
+    together = siglip2_retriever.encode_images(inputs)
+    alone = torch.cat([siglip2_retriever.encode_images(siglip2_retriever.preprocess([image])) for image in images])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    # ...and the mask matters: unmasking the padding patches changes the embeddings of the images that have them.
+    unmasked = dict(inputs, pixel_attention_mask=torch.ones_like(inputs["pixel_attention_mask"]))
+    changed = (siglip2_retriever.encode_images(unmasked) - together).abs().amax(dim=1) > 1e-4
+    assert torch.equal(changed, padded)
+
+
+def test_siglip2_refuses_bare_pixels_and_incomplete_inputs(siglip2_retriever):
+    inputs = siglip2_retriever.preprocess(_images())
+    with pytest.raises(ValueError, match="not a bare Tensor: make them with its preprocess"):
+        siglip2_retriever.encode_images(inputs["pixel_values"])
+    with pytest.raises(ValueError, match=r"also reads \['spatial_shapes'\]"):
+        siglip2_retriever.encode_images({k: v for k, v in inputs.items() if k != "spatial_shapes"})
+    with pytest.raises(ValueError, match="different numbers of images"):
+        siglip2_retriever.encode_images(dict(inputs, spatial_shapes=inputs["spatial_shapes"][:2]))
+
+
+def test_siglip2_text_is_lowercased_and_padded_to_the_full_context(siglip2_retriever, tmp_path):
+    # A siglip2 folder loads Siglip2Tokenizer through AutoTokenizer: it lowercases, as SigLIP2 was trained.
+    loaded = TransformersCLIPRetriever.from_pretrained(save_transformers_retriever(siglip2_retriever, tmp_path))
+    assert loaded.pads_to_max_length and loaded.tokenize(["a"])["input_ids"].shape == (1, loaded.context_length)
+    assert torch.equal(loaded.encode_texts(["A RED Circle."]), loaded.encode_texts(["a red circle."]))
 
 
 def test_transformers_retriever_needs_tokenizer_and_image_processor():

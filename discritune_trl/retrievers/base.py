@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from PIL import Image
 from torch import nn
@@ -13,6 +15,11 @@ class Retriever(nn.Module):
     Subclasses implement `preprocess`, `encode_images` and `encode_texts` (both encoders return
     L2-normalised embeddings) and expose `logit_scale`. Matching scores are
     `logit_scale * text_embeds @ image_embeds.T`.
+
+    `preprocess` usually returns one pixel tensor with a row per image. A retriever that reads several tensors per
+    image (SigLIP2's patches, patch mask and grid shapes) returns a `transformers.BatchFeature` (a mapping of tensors,
+    each with a row per image) instead; the collator, the frozen-embedding cache and evaluation pass it to
+    `encode_images` unchanged, moved to the device by its `.to`.
 
     A retriever is frozen: call `self.freeze()` at the end of `__init__`; no parameter requires grad, and
     `.train()` leaves it in eval mode.
@@ -26,12 +33,14 @@ class Retriever(nn.Module):
 
     embed_dim: int | None = None
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images (any mode) to the pixel tensor `encode_images` reads."""
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor | Mapping[str, torch.Tensor]:
+        """PIL images (any mode) to what `encode_images` reads: a pixel tensor, or a `BatchFeature` of tensors with
+        one row per image."""
         raise NotImplementedError
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, C, H, W]` pixels to `[N, D]` L2-normalised image embeddings."""
+    def encode_images(self, pixel_values: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`[N, C, H, W]` pixels (or the `BatchFeature` that `preprocess` made) to `[N, D]` L2-normalised image
+        embeddings."""
         raise NotImplementedError
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

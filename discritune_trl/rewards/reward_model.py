@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +20,9 @@ from .pools import pool_bounds
 REWARD_TYPES = ("log_prob", "accuracy", "cosine")
 MULTI_RETRIEVER_MODES = ("mean", "alternate")
 
-# One pixel tensor / embedding tensor, or one per retriever (in `reward_model.retrievers` order).
-ImageInputs = torch.Tensor | Sequence[torch.Tensor]
+# One pixel tensor / embedding tensor, or one per retriever (in `reward_model.retrievers` order). A retriever's
+# pixels may be a mapping of tensors (SigLIP2's `BatchFeature`): that is one retriever's input, not a list.
+ImageInputs = torch.Tensor | Mapping[str, torch.Tensor] | Sequence[torch.Tensor | Mapping[str, torch.Tensor]]
 
 
 @dataclass
@@ -201,8 +202,9 @@ class DiscriminativeRewardModel(nn.Module):
         """Whether image inputs are lists with one entry per retriever."""
         return len(self.retrievers) > 1
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor | list[torch.Tensor]:
-        """PIL images to retriever pixels: a tensor, or one per retriever when there are several."""
+    def preprocess(self, images: list[Image.Image]) -> ImageInputs:
+        """PIL images to retriever pixels: what the retriever's `preprocess` returns (a tensor, or a `BatchFeature`
+        for SigLIP2), or one such per retriever when there are several."""
         pixel_values = [retriever.preprocess(images) for retriever in self.retrievers]
         return pixel_values if self.is_multi_retriever else pixel_values[0]
 
@@ -238,7 +240,8 @@ class DiscriminativeRewardModel(nn.Module):
         Args:
             captions: `B` generated captions; `B == G * num_images` with the `G` captions of an image consecutive,
                 unless `target_indices` is given. Captions longer than the retriever's context are truncated.
-            pixel_values: `[num_images, C, H, W]` from `self.preprocess` (one per retriever if several).
+            pixel_values: `[num_images, C, H, W]` (or a retriever's `BatchFeature`) from `self.preprocess` (one per
+                retriever if several).
             image_embeds: `[num_images, D]` from `self.encode_images`, instead of `pixel_values`.
             target_indices: `[B]` index of each caption's image among this process's images.
             target_bank_indices: `[num_images]` row of each image in `hard_negative_bank` (`-1` if absent), so
@@ -418,8 +421,8 @@ class DiscriminativeRewardModel(nn.Module):
             return target_logits / self.active_retriever.logit_scale.to(logits.device)
         raise ValueError(f"reward_type={self.reward_type!r} is not one of {REWARD_TYPES}.")
 
-    def _per_retriever(self, inputs: ImageInputs, name: str) -> list[torch.Tensor]:
-        if isinstance(inputs, torch.Tensor):
+    def _per_retriever(self, inputs: ImageInputs, name: str) -> list[torch.Tensor | Mapping[str, torch.Tensor]]:
+        if isinstance(inputs, (torch.Tensor, Mapping)):  # one retriever's input (a mapping: SigLIP2's BatchFeature)
             if self.is_multi_retriever:
                 raise ValueError(
                     f"With {len(self.retrievers)} retrievers, pass {name} as a list with one tensor per retriever "

@@ -20,7 +20,7 @@ from ..retrievers.base import Retriever
 class RetrieverArguments:
     """The frozen retriever that judges the captions: an open_clip model by name and pretrained tag (the paper's
     CLIP ViT-B/32), a local open_clip checkpoint (with `retriever_model_cfg` for a custom architecture), or a
-    transformers CLIPModel/SiglipModel."""
+    transformers CLIPModel/SiglipModel/Siglip2Model."""
 
     retriever_model_name: str = field(default="ViT-B-32", metadata={"help": "open_clip retriever architecture."})
     retriever_pretrained: str | None = field(default="openai", metadata={"help": "Its open_clip pretrained tag."})
@@ -29,7 +29,8 @@ class RetrieverArguments:
         default=None, metadata={"help": "JSON file with an open_clip architecture config, for custom retrievers."}
     )
     retriever_transformers_model: str | None = field(
-        default=None, metadata={"help": "Use a transformers CLIPModel/SiglipModel (folder or Hub id) instead."}
+        default=None,
+        metadata={"help": "Use a transformers CLIPModel/SiglipModel/Siglip2Model (folder or Hub id) instead."},
     )
     retriever_class: str | None = field(
         default=None,

@@ -1,16 +1,21 @@
-"""Tiny retrievers built from configs with random weights: open_clip CLIP, transformers CLIP and SigLIP."""
+"""Tiny retrievers built from configs with random weights: open_clip CLIP, transformers CLIP, SigLIP and SigLIP2."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
     PreTrainedTokenizerFast,
+    Siglip2Config,
+    Siglip2ImageProcessor,
+    Siglip2Model,
+    Siglip2Tokenizer,
     SiglipConfig,
     SiglipImageProcessor,
     SiglipModel,
@@ -77,6 +82,21 @@ def tiny_bpe_tokenizer(vocab_size: int = 300, model_max_length: int = 77) -> Pre
     )
 
 
+def tiny_siglip2_tokenizer(vocab_size: int = 200, model_max_length: int = 16) -> Siglip2Tokenizer:
+    """A `Siglip2Tokenizer` (Gemma-style BPE that lowercases, what `AutoTokenizer` loads for a `siglip2` folder) with
+    a BPE vocabulary trained in memory on a few sentences."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]  # Siglip2Tokenizer's defaults, ids 0-4
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    # Siglip2Tokenizer's own normalisation and pre-tokenisation, so that the merges learned here apply there.
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "\u2581")])
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="\u2581", behavior="merged_with_previous")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    model = json.loads(backend.to_str())["model"]
+    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
+    return Siglip2Tokenizer(vocab=model["vocab"], merges=merges, model_max_length=model_max_length)
+
+
 def _tiny_text_config(tokenizer: PreTrainedTokenizerFast, max_positions: int, hidden_size: int) -> dict[str, Any]:
     return {
         "vocab_size": len(tokenizer),
@@ -101,9 +121,15 @@ _TINY_VISION_CONFIG = {
 }
 
 
+TRANSFORMERS_RETRIEVER_TYPES = ("clip", "siglip", "siglip2")
+
+
 def tiny_transformers_clip_retriever(seed: int = 0, model_type: str = "clip") -> TransformersCLIPRetriever:
-    """A randomly initialised `TransformersCLIPRetriever` over a tiny `CLIPModel` (`model_type="clip"`) or
-    `SiglipModel` (`"siglip"`), with the in-memory BPE tokenizer of `tiny_bpe_tokenizer`."""
+    """A randomly initialised `TransformersCLIPRetriever` over a tiny `CLIPModel` (`model_type="clip"`),
+    `SiglipModel` (`"siglip"`) or `Siglip2Model` (`"siglip2"`: NaFlex, images resized to at most 16 patches of 8x8
+    pixels keeping their aspect ratio), with the in-memory BPE tokenizer of `tiny_bpe_tokenizer`.
+
+    Save it with `save_transformers_retriever` for `TransformersCLIPRetriever.from_pretrained`."""
     size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -125,6 +151,25 @@ def tiny_transformers_clip_retriever(seed: int = 0, model_type: str = "clip") ->
             )
             model = SiglipModel(config)
             image_processor = SiglipImageProcessor(size=size)
+        elif model_type == "siglip2":
+            tokenizer = tiny_siglip2_tokenizer(model_max_length=16)
+            patch_size, num_patches = _TINY_VISION_CONFIG["patch_size"], (TINY_IMAGE_SIZE // 8) ** 2
+            vision_config = {key: value for key, value in _TINY_VISION_CONFIG.items() if key != "image_size"}
+            config = Siglip2Config(
+                text_config=_tiny_text_config(tokenizer, 16, hidden_size=_TINY_VISION_CONFIG["hidden_size"]),
+                vision_config={**vision_config, "num_patches": num_patches},  # a 4x4 grid of position embeddings
+            )
+            model = Siglip2Model(config)
+            image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=num_patches)
         else:
-            raise ValueError(f"model_type={model_type!r} is not one of ('clip', 'siglip').")
+            raise ValueError(f"model_type={model_type!r} is not one of {TRANSFORMERS_RETRIEVER_TYPES}.")
     return TransformersCLIPRetriever(model.eval(), tokenizer=tokenizer, image_processor=image_processor)
+
+
+def save_transformers_retriever(retriever: TransformersCLIPRetriever, path: str) -> str:
+    """Save the model, tokenizer and image processor of `retriever` in one folder, as a Hub checkpoint holds them, so
+    that `TransformersCLIPRetriever.from_pretrained(path)` (and the scripts' retriever flags) load it back."""
+    retriever.model.save_pretrained(path)
+    retriever.tokenizer.save_pretrained(path)
+    retriever.image_processor.save_pretrained(path)
+    return str(path)

@@ -17,7 +17,9 @@ INDEX_COLUMN = "_discritune_index"
 POLICY_EMBEDS_COLUMN = "policy_image_embeds"
 RETRIEVER_EMBEDS_COLUMN = "retriever_image_embeds"
 
-ImageTensors = torch.Tensor | list[torch.Tensor]  # one tensor, or one per retriever when the reward model has several
+# One tensor, or one per retriever when the reward model has several; a retriever's pixels may also be a mapping of
+# tensors (SigLIP2's `BatchFeature`: patches, patch mask, grid shapes).
+ImageTensors = torch.Tensor | Mapping[str, torch.Tensor] | list[torch.Tensor | Mapping[str, torch.Tensor]]
 
 
 @dataclass(eq=False)  # fields are tensors: compare them with torch, not ==
@@ -42,7 +44,10 @@ class DiscriTuneBatch(Mapping):
             pixels, as its `preprocess` returns them: a tensor, or a `transformers.BatchFeature` when the policy reads
             several inputs per image whose shapes vary between images (`VLMPolicy`: prompt ids, tiles, patch grids).
         policy_image_embeds (`torch.Tensor` of shape `[B, ...]`, *optional*): the policy's cached frozen features.
-        retriever_pixel_values (`torch.Tensor` or `list[torch.Tensor]`, *optional*): the retriever's pixels.
+        retriever_pixel_values (`torch.Tensor`, `BatchFeature` or a list of them, *optional*): the retriever's
+            pixels, as `reward_model.preprocess` returns them: a `[B, 3, H, W]` tensor, or a `BatchFeature` for a
+            retriever that reads several tensors per image (`Siglip2Model`: patches, patch mask, grid shapes); a
+            list with one per retriever when the reward model has several.
         retriever_image_embeds (`torch.Tensor` or `list[torch.Tensor]`, *optional*): the retriever's cached
             L2-normalised `[B, D]` image embeddings.
     """
@@ -99,7 +104,7 @@ class DiscriTuneBatch(Mapping):
         device = kwargs.get("device", next((arg for arg in args if isinstance(arg, (str, int, torch.device))), None))
 
         def move(value):
-            if isinstance(value, Mapping):  # a policy's `BatchFeature` (prompt ids + image inputs, see VLMPolicy)
+            if isinstance(value, Mapping):  # a `BatchFeature`: a VLMPolicy's (prompt ids + image inputs) or SigLIP2's
                 return type(value)({key: move(tensor) for key, tensor in value.items()})
             if isinstance(value, (list, tuple)):
                 return [move(tensor) for tensor in value]

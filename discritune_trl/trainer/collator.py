@@ -32,7 +32,7 @@ class DiscriTuneCollator:
     Args:
         policy_preprocess: PIL images -> the policy's pixels (`CaptioningPolicy.preprocess`).
         retriever_preprocess: PIL images -> the retriever's pixels (`DiscriminativeRewardModel.preprocess`: one
-            tensor, or one per retriever when there are several).
+            tensor or `BatchFeature`, or one per retriever when there are several).
         image_column: the dataset column holding the images.
         num_retrievers: how many retrievers the cached `retriever_image_embeds` hold per image (the reward model's
             retriever count); with more than one, the batch holds one tensor per retriever.
