@@ -16,6 +16,7 @@ from discritune_trl.evaluation import encode_gallery
 from discritune_trl.scripts.arguments import RetrieverArguments, build_retriever
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import save_transformers_retriever, tiny_transformers_clip_retriever
+from discritune_trl.trainer import DiscriTuneCollator
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,3 +136,23 @@ def test_trains_and_evaluates_with_the_cache_on_and_off(tmp_path, retriever):
     # With 4 candidates among 4 images, P@1 is the fraction of captions whose own image scores highest.
     found = (retriever.encode_texts(texts) @ gallery.T).argmax(dim=1) == torch.arange(4)
     assert metrics["eval_p_at_1"] == pytest.approx(100.0 * found.float().mean().item())
+
+
+def test_beside_a_clip_retriever_each_reads_its_own_inputs(retriever):
+    clip = tiny_transformers_clip_retriever(seed=0, model_type="clip")
+    reward_model = DiscriminativeRewardModel([retriever, clip])
+    collator = DiscriTuneCollator.from_models(tiny_clipcap_policy(seed=0), reward_model)
+    dataset = image_dataset(4)
+    batch = collator([{"image": dataset[i]["image"]} for i in range(4)]).to("cpu")
+    siglip2_inputs, clip_pixels = batch.retriever_pixel_values
+    assert set(siglip2_inputs) == {"pixel_values", "pixel_attention_mask", "spatial_shapes"}
+    assert clip_pixels.shape == (4, 3, 32, 32)
+
+    mean = reward_model(CAPTIONS, **batch.retriever_inputs)
+    alone = [
+        DiscriminativeRewardModel(r)(CAPTIONS, pixel_values=p)
+        for r, p in ((retriever, siglip2_inputs), (clip, clip_pixels))
+    ]
+    torch.testing.assert_close(mean.rewards, (alone[0].rewards + alone[1].rewards) / 2)
+    cached = reward_model(CAPTIONS, image_embeds=reward_model.encode_images(batch.retriever_pixel_values))
+    torch.testing.assert_close(cached.rewards, mean.rewards)
