@@ -88,7 +88,7 @@ def make_trainer(tmp_path, retriever, cache: bool) -> DiscriTuneTrainer:
         max_steps=2,
         learning_rate=1e-2,
         pool_size=4,
-        max_new_tokens=6,
+        max_completion_length=6,
         logging_steps=1,
         use_cpu=True,
         report_to="none",
@@ -121,9 +121,7 @@ def test_trains_and_evaluates_with_the_cache_on_and_off(tmp_path, retriever):
 
     for trainer in (cached, uncached):
         trainer.train()
-    rewards = [
-        [entry["reward/mean"] for entry in t.state.log_history if "reward/mean" in entry] for t in (cached, uncached)
-    ]
+    rewards = [[entry["reward"] for entry in t.state.log_history if "reward" in entry] for t in (cached, uncached)]
     assert len(rewards[0]) == 2 and np.isfinite(rewards[0]).all()
     np.testing.assert_allclose(rewards[0], rewards[1], rtol=1e-5)  # same images, same judge: same rewards
 
