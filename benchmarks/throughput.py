@@ -311,13 +311,20 @@ def log_prob_memory(args, device: torch.device) -> dict:
     return figures
 
 
-def summarise(step_seconds: list[float], timer: PhaseTimer, num_steps: int, batch_size: int, memory) -> dict:
+def summarise(
+    step_seconds: list[float], cpu_seconds: list[float], timer: PhaseTimer, num_steps: int, batch_size: int, memory
+) -> dict:
     step = float(np.mean(step_seconds))
+    cpu = float(np.mean(cpu_seconds))
     phases = {name: timer.seconds[name] / num_steps for name in PHASES[:3]}
     phases["logprob_backward"] = max(step - sum(phases.values()), 0.0)
     return {
         "step_seconds": step,
         "images_per_second": batch_size / step,
+        # CPU seconds this process spent per step (all its threads): on a CPU shared with other work, wall time
+        # depends on the load while CPU time (with --threads 1) does not, so compare loops by this figure there.
+        "cpu_seconds_per_step": cpu,
+        "images_per_cpu_second": batch_size / cpu,
         "phase_seconds": phases,
         "phase_images_per_second": {name: batch_size / s if s > 0 else float("inf") for name, s in phases.items()},
         "peak_memory_mib": memory.mib,
@@ -332,15 +339,17 @@ class StepTimes(TrainerCallback):
 
     def __init__(self, timer: PhaseTimer, warmup_steps: int):
         self.timer, self.warmup_steps, self.times, self._last = timer, warmup_steps, [], None
+        self.cpu_times, self._last_cpu = [], None
 
     def on_step_end(self, args, state, control, **kwargs):
         self.timer.sync()
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), time.process_time()
         if state.global_step == self.warmup_steps:  # warm-up ends: reset the phase sums
             self.timer.seconds.clear()
         elif state.global_step > self.warmup_steps:
             self.times.append(now - self._last)
-        self._last = now
+            self.cpu_times.append(now_cpu - self._last_cpu)
+        self._last, self._last_cpu = now, now_cpu
 
 
 def time_discritune(
@@ -383,7 +392,7 @@ def time_discritune(
         trainer.add_callback(steps)
         with PeakMemory(device) as memory:
             trainer.train()
-    return summarise(steps.times, timer, args.steps, args.batch_size, memory)
+    return summarise(steps.times, steps.cpu_times, timer, args.steps, args.batch_size, memory)
 
 
 # ---------------------------------------------------------------------------------------------------- reference
@@ -453,20 +462,21 @@ def time_reference(policy, reward_model, images, args, device: torch.device) -> 
         for start in range(0, len(images), args.batch_size)
     ]
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-7)
-    baseline, timer, times = {"mean": 0.0, "count": 0}, PhaseTimer(device), []
+    baseline, timer, times, cpu_times = {"mean": 0.0, "count": 0}, PhaseTimer(device), [], []
     with PeakMemory(device) as memory:
         for index in range(args.warmup_steps + args.steps):
             if index == args.warmup_steps:
                 timer.seconds.clear()
             timer.sync()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             reference_step(
                 policy, retriever, pixel_batches[index % len(pixel_batches)], optimizer, baseline, args, timer
             )
             timer.sync()
             if index >= args.warmup_steps:
                 times.append(time.perf_counter() - start)
-    return summarise(times, timer, args.steps, args.batch_size, memory)
+                cpu_times.append(time.process_time() - start_cpu)
+    return summarise(times, cpu_times, timer, args.steps, args.batch_size, memory)
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -621,6 +631,9 @@ def run_batch(args, argv: list[str], device: torch.device, batch_size: int) -> d
                 figures["speedup_vs_reference"] = (
                     figures["images_per_second"] / results["reference"]["images_per_second"]
                 )
+                figures["cpu_speedup_vs_reference"] = (
+                    figures["images_per_cpu_second"] / results["reference"]["images_per_cpu_second"]
+                )
             results.setdefault(key, {})[precision] = figures
             results["cache"] = figures.pop("cache")
             report(f"batch {batch_size}, {loop} ({precision})", figures)
@@ -715,11 +728,14 @@ def without_option(argv: list[str], option: str, num_values: int) -> list[str]:
 def report(name: str, figures: dict) -> None:
     phases = ", ".join(f"{phase} {ips:.1f}" for phase, ips in figures["phase_images_per_second"].items())
     ratio = f", {figures['speedup_vs_reference']:.2f}x the reference" if "speedup_vs_reference" in figures else ""
+    cpu_ratio = f", {figures['cpu_speedup_vs_reference']:.2f}x" if "cpu_speedup_vs_reference" in figures else ""
     utilisation = (
         f" = {100 * figures['utilisation']:.1f}% of {figures['peak_tflops']:.0f}" if figures["utilisation"] else ""
     )
     print(
         f"{name}: {figures['images_per_second']:.2f} img/s ({figures['step_seconds']:.2f} s/step{ratio}); "
+        f"{figures['images_per_cpu_second']:.2f} img per CPU second ({figures['cpu_seconds_per_step']:.2f} CPU s/step"
+        f"{cpu_ratio}); "
         f"per phase img/s: {phases}; peak memory {figures['peak_memory_mib']:.0f} MiB; "
         f"{figures['model_flops_per_image']['total'] / 1e9:.3g} GFLOP/image, "
         f"{figures['achieved_tflops']:.3g} TFLOP/s{utilisation}"

@@ -34,12 +34,16 @@ def test_tiny_benchmark_writes_every_figure(throughput, tmp_path):
             "phase_seconds",
             "phase_images_per_second",
             "peak_memory_mib",
+            "cpu_seconds_per_step",
+            "images_per_cpu_second",
         } <= set(loop)
+        assert loop["images_per_cpu_second"] == pytest.approx(4 / loop["cpu_seconds_per_step"])
         assert set(loop["phase_images_per_second"]) == set(throughput.PHASES)
         assert loop["images_per_second"] > 0 and loop["peak_memory_mib"] > 0
         assert loop["model_flops_per_image"]["total"] > 0 and loop["peak_tflops"] == 2.0
         assert loop["utilisation"] == pytest.approx(loop["achieved_tflops"] / 2.0)
     assert figures["discritune"]["fp32"]["speedup_vs_reference"] > 0
+    assert figures["discritune"]["fp32"]["cpu_speedup_vs_reference"] > 0
     # The one-pass step has no teacher-forced forward; the reference re-encodes images, the others read the cache.
     one_pass, two_pass = figures["one_pass"]["fp32"]["model_flops_per_image"], figures["discritune"]["fp32"]
     assert one_pass["log_prob_forward"] == 0 and one_pass["total"] < two_pass["model_flops_per_image"]["total"]
