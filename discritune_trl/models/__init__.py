@@ -18,6 +18,7 @@ from .policy import (
     full_stop_token_ids,
     gather_token_log_probs,
     reduce_token_log_probs,
+    register_fsdp_forward_methods,
     truncate_at_stop,
 )
 from .vlm import VLMPolicy, VLMPolicyConfig, vlm_lora_config
@@ -42,6 +43,7 @@ __all__ = [
     "gather_token_log_probs",
     "load_policy",
     "reduce_token_log_probs",
+    "register_fsdp_forward_methods",
     "register_policy",
     "truncate_at_stop",
     "vlm_lora_config",

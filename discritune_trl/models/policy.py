@@ -13,6 +13,8 @@ The trainer talks to a policy through :class:`CaptioningPolicy`:
   captions, in one forward pass, with gradients; reached through ``forward(..., caption_ids=...)`` so that DDP, FSDP
   and DeepSpeed wrappers see it.
 - ``processing_class``: the tokenizer or processor the Trainer saves beside checkpoints.
+- ``fsdp_forward_methods``: the methods other than ``forward`` that read parameters (``encode_images``,
+  ``generate_captions``), registered for FSDP2 by :func:`register_fsdp_forward_methods`.
 
 A new captioner is one ``PreTrainedModel`` subclass that also subclasses :class:`CaptioningPolicy` (listed first);
 ``docs/custom_captioner.md`` is the guide, ``examples/custom_captioner.py`` a complete one.
@@ -21,6 +23,7 @@ A new captioner is one ``PreTrainedModel`` subclass that also subclasses :class:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -339,6 +342,82 @@ def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
 
 
+_FSDP_REGISTERED = "_discritune_fsdp_forward_methods"  # set on a model once its methods are registered
+
+
+def register_fsdp_forward_methods(model: nn.Module) -> tuple[str, ...]:
+    """Let torch's FSDP2 gather `model`'s parameters around the policy's entry points other than `forward`.
+
+    `fully_shard` (FSDP2: what Accelerate applies, in place, with `fsdp_version: 2`) all-gathers a module's sharded
+    parameters around its `forward` only. `DiscriTuneTrainer` also calls the methods named by the policy's
+    `fsdp_forward_methods` (`encode_images`, `generate_captions`: the step's frozen encoder and captions, the greedy
+    baseline, evaluation), which on the sharded parameters fail with "got mixed torch.Tensor and DTensor". Each is
+    registered with `torch.distributed.fsdp.register_fsdp_forward_method`, once per model (a later call returns the
+    same names and changes nothing); a model that is not an `FSDPModule` is left as it is.
+
+    A listed method called while the parameters are already gathered, from `forward` or from another listed method
+    (ClipCap's `generate_captions` and `caption_log_probs` call `encode_images` on pixels), runs as it is: registered
+    twice over, FSDP would reshard the parameters when the inner call returns, under the outer one. A listed method
+    must therefore not call `self(...)` (`forward`) and then read parameters itself.
+
+    Args:
+        model: the policy after `fully_shard`, or a wrapper that forwards attribute access to it (a PEFT model).
+
+    Returns:
+        The method names registered, empty when `model` is not sharded by FSDP2.
+
+    Raises:
+        ValueError: when `fsdp_forward_methods` names something the policy does not have.
+    """
+    if not torch.distributed.is_available():
+        return ()
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    if not isinstance(model, FSDPModule):
+        return ()
+    if _FSDP_REGISTERED in model.__dict__:
+        return model.__dict__[_FSDP_REGISTERED]
+    names = tuple(getattr(model, "fsdp_forward_methods", CaptioningPolicy.fsdp_forward_methods))
+    missing = [name for name in names if not callable(getattr(model, name, None))]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__}.fsdp_forward_methods names {missing}, which it has no method for: list only "
+            "methods of the policy that read its parameters outside forward."
+        )
+    depth = [0]  # calls of forward or of a listed method in progress: the parameters are gathered while > 0
+
+    def enter(*_: Any) -> None:
+        depth[0] += 1
+
+    def leave(*_: Any) -> None:
+        depth[0] = max(0, depth[0] - 1)
+
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave, always_call=True)
+    for name in names:
+        plain = getattr(model, name)
+        register_fsdp_forward_method(model, name)
+        setattr(model, name, _gathering_once(plain, getattr(model, name), depth))
+    model.__dict__[_FSDP_REGISTERED] = names
+    return names
+
+
+def _gathering_once(plain: Callable, gathering: Callable, depth: list[int]) -> Callable:
+    """`gathering` (FSDP's pre-forward, `plain`, post-forward) at the outermost call, `plain` inside another."""
+
+    @functools.wraps(plain)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        if depth[0]:
+            return plain(*args, **kwargs)
+        depth[0] += 1
+        try:
+            return gathering(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    return method
+
+
 def untied_shared_weights(model: nn.Module) -> list[str]:
     """Names of parameters that share their tensor with another parameter of `model` without being declared tied
     (`model.all_tied_weights_keys`, built by transformers from `_tied_weights_keys` when the config says
@@ -387,6 +466,11 @@ class CaptioningPolicy:
             `generate_with_log_probs` (greedy or sampled decoding *with* gradients, returning the caption tokens'
             log-probabilities), so the trainer can skip the second, teacher-forced pass
             (`DiscriTuneConfig.logprobs_from_generation`).
+        fsdp_forward_methods (`tuple[str, ...]`, defaults to `("encode_images", "generate_captions")`): the methods
+            other than `forward` that read the policy's parameters and that the trainer calls on the (unwrapped)
+            model. Under FSDP2 `DiscriTuneTrainer` registers them with :func:`register_fsdp_forward_methods`, so
+            that they see gathered parameters; a policy with more such entry points appends their names. Methods
+            with gradients (`caption_log_probs`, `generate_with_log_probs`) are reached through `forward` instead.
         tokenizer (*optional*): the tokenizer, saved and loaded with the policy when set.
         image_processor (*optional*): the image processor, saved and loaded with the policy when set.
     """
@@ -396,6 +480,7 @@ class CaptioningPolicy:
     supports_beam_search: bool = True
     supports_static_cache: bool = False
     supports_log_probs_from_generation: bool = False
+    fsdp_forward_methods: tuple[str, ...] = ("encode_images", "generate_captions")
     tokenizer: Any = None
     image_processor: Any = None
 

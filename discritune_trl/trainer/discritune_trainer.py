@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..evaluation.retrieval import precision_at_1
 from ..models.auto import load_policy
-from ..models.policy import CaptioningPolicy, CaptionOutput, reduce_token_log_probs
+from ..models.policy import CaptioningPolicy, CaptionOutput, reduce_token_log_probs, register_fsdp_forward_methods
 from ..retrievers.base import Retriever
 from ..rewards import build_reward_model, check_reward_model_matches, describe_reward_model
 from ..rewards.distributed import gather_objects, gather_rows
@@ -171,7 +171,7 @@ class DiscriTuneTrainer(Trainer):
     def compute_loss(self, model, inputs: DiscriTuneBatch, return_outputs=False, num_items_in_batch=None):
         """One DiscriTune step: generate -> reward -> baseline -> log-probs -> loss."""
         self._num_unreadable_images += self._global_sum(inputs.num_unreadable_images)
-        policy = self.accelerator.unwrap_model(model)
+        policy = self._unwrap_policy(model)
         image_inputs = self._encode_policy_images(policy, inputs.policy_inputs)
         captions = self._generate(model, policy, image_inputs)  # one-pass step: with the tokens' log-probs
         rewards, global_rewards = self._reward(captions.texts, inputs)
@@ -214,6 +214,17 @@ class DiscriTuneTrainer(Trainer):
             counts.tolist(),
         )
         return True
+
+    def _unwrap_policy(self, model) -> nn.Module:
+        """The policy inside `model`, for the calls that are not its `forward` (the frozen encoder, generation).
+
+        Accelerate's `unwrap_model` removes a DDP or DeepSpeed wrapper. FSDP2 has none: `fully_shard` changes the model
+        in place, so this is the sharded model itself, whose parameters are gathered around `forward` only; its
+        `fsdp_forward_methods` are registered to gather them too (`register_fsdp_forward_methods`, once per model).
+        """
+        policy = self.accelerator.unwrap_model(model)
+        register_fsdp_forward_methods(policy)
+        return policy
 
     def _encode_policy_images(self, policy, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the policy's frozen encoder on uncached pixels once per step: generation, the greedy baseline and the
@@ -473,7 +484,7 @@ class DiscriTuneTrainer(Trainer):
         unreadable = self._unreadable_in_cache.get(id(dataset), 0)
         dataset = _prepare_dataset(dataset, self.args.image_column, "dataset")
         dataloader = self.get_eval_dataloader(dataset)
-        policy = self.accelerator.unwrap_model(self.model)
+        policy = self._unwrap_policy(self.model)
         num_beams = self.args.eval_num_beams if num_beams is None else num_beams
         if num_beams > 1 and not policy.supports_beam_search:
             if not self._warned_greedy_evaluation:
@@ -710,7 +721,7 @@ class DiscriTuneTrainer(Trainer):
             return dataset
         cached = cache_frozen_embeddings(  # each process encodes its share, then all read the whole cache
             dataset,
-            self.accelerator.unwrap_model(self.model),
+            self._unwrap_policy(self.model),
             self.reward_model,
             image_column=self.args.image_column,
             batch_size=self.args.cache_batch_size,
