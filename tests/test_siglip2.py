@@ -154,3 +154,19 @@ def test_beside_a_clip_retriever_each_reads_its_own_inputs(retriever):
     torch.testing.assert_close(mean.rewards, (alone[0].rewards + alone[1].rewards) / 2)
     cached = reward_model(CAPTIONS, image_embeds=reward_model.encode_images(batch.retriever_pixel_values))
     torch.testing.assert_close(cached.rewards, mean.rewards)
+
+
+class SigmoidReward(DiscriminativeRewardModel):
+    """The reward on SigLIP's own scale that docs/vlm.md points to: log sigmoid(scale * cos + bias) of the target."""
+
+    def compute_rewards(self, logits, target_indices):
+        bias = self.active_retriever.model.logit_bias.to(logits.device)
+        return torch.nn.functional.logsigmoid(logits.gather(1, target_indices[:, None]).squeeze(1) + bias)
+
+
+def test_a_reward_on_siglips_own_sigmoid_scale_is_a_small_subclass(retriever):
+    pixel_values = retriever.preprocess(image_dataset(4)["image"])
+    rewards = SigmoidReward(retriever)(CAPTIONS, pixel_values=pixel_values).rewards
+    with torch.no_grad():
+        logits_per_text = retriever.model(**retriever.tokenize(CAPTIONS), **pixel_values).logits_per_text
+    torch.testing.assert_close(rewards, torch.nn.functional.logsigmoid(logits_per_text.diagonal()))
