@@ -1,4 +1,4 @@
-"""`load_policy`: any saved policy by its `model_type`, and LoRA adapters saved by the trainer onto their base."""
+"""`load_policy` and transformers' `AutoModel`: a saved policy by its `model_type`; LoRA adapters onto their base."""
 
 import json
 
@@ -8,11 +8,13 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from PIL import Image
+from transformers import AutoConfig, AutoModel
 
 from discritune_trl import ClipCapPolicy, DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
+from discritune_trl.models import HFCaptionerPolicy
 from discritune_trl.models.auto import load_policy
 from discritune_trl.models.blip import BlipPolicy
-from discritune_trl.testing.blip import tiny_blip
+from discritune_trl.testing.blip import tiny_blip, tiny_vit_gpt2
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
 
@@ -77,3 +79,39 @@ def test_folders_load_policy_cannot_read_say_what_to_do(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": None}))
     with pytest.raises(ValueError, match=r"without their base policy's path: .*PeftModel.from_pretrained"):
         load_policy(str(tmp_path))
+
+
+def tiny_vit_gpt2_policy() -> HFCaptionerPolicy:
+    model, image_processor, tokenizer = tiny_vit_gpt2()
+    return HFCaptionerPolicy.from_captioner(model, image_processor=image_processor, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: tiny_clipcap_policy(seed=1),
+        tiny_vit_gpt2_policy,
+    ],
+    ids=["clipcap", "hf_captioner"],
+)
+def test_transformers_auto_model_loads_a_saved_policy_as_its_own_class(build, tmp_path):
+    policy = build()
+    policy.save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is policy.config_class
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is type(policy)
+    for name, weight in policy.state_dict().items():
+        assert torch.equal(weight, loaded.state_dict()[name]), name
+    pixels = policy.preprocess(images(3, seed=2))
+    for num_beams in (1, 3):  # the tokenizer came along: the same captions, greedy and beam
+        assert (
+            loaded.generate_captions(pixel_values=pixels, num_beams=num_beams, max_new_tokens=6).texts
+            == policy.generate_captions(pixel_values=pixels, num_beams=num_beams, max_new_tokens=6).texts
+        )
+
+
+def test_auto_model_keeps_transformers_own_blip():
+    """`BlipPolicy` keeps BLIP's model_type: transformers' AutoModel for "blip" stays transformers' BlipModel."""
+    from transformers import BlipConfig, BlipModel
+
+    assert AutoModel._model_mapping[BlipConfig] is BlipModel

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 
 from discritune_trl import ClipCapConfig, ClipCapPolicy, DiscriminativeRewardModel, DiscriTuneConfig, DiscriTuneTrainer
 from discritune_trl.models import (
@@ -181,6 +181,8 @@ def test_a_registered_policy_loads_by_model_type_and_an_unknown_one_names_the_fi
         loaded = load_policy(str(tmp_path))
         assert type(loaded) is TinyPolicy
         assert torch.equal(loaded.mapper.weight, policy.mapper.weight)
+        from_auto = AutoModel.from_pretrained(tmp_path)  # registered with transformers' AutoModel too
+        assert type(from_auto) is TinyPolicy and torch.equal(from_auto.mapper.weight, policy.mapper.weight)
         with pytest.raises(ValueError, match="already registered to TinyPolicy"):
             register_policy(TinyConfig, _OtherTiny)
     finally:

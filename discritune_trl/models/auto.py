@@ -1,7 +1,10 @@
 """Load any discritune-trl policy from a saved folder or Hub id by its config's `model_type`, adapters included.
 
 `POLICY_MAPPING` (`model_type` -> policy class) is the one registry of policy classes: `load_policy` reads it, and
-`register_policy` adds a user's class to it (the same mapping can feed `transformers.AutoModel.register`).
+`register_policy` adds a user's class to it. `register_policy` also registers the class with transformers' `AutoConfig`
+and `AutoModel`, so that after `import discritune_trl` `AutoModel.from_pretrained(saved_folder)` loads a saved policy
+as its own class, unless the `model_type` is one of transformers' own (`BlipPolicy` keeps BLIP's `"blip"`: its folders
+load with transformers' BLIP classes, and `AutoModel` keeps meaning what transformers means by it).
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.utils import cached_file
 
 from .blip import BlipPolicy, BlipPolicyConfig
@@ -27,7 +31,8 @@ def register_policy(
     config_class: type[PreTrainedConfig], policy_class: type[CaptioningPolicy], exist_ok: bool = False
 ) -> None:
     """Make `load_policy` (and the model card's usage snippet) load `policy_class` for folders whose `config.json`
-    has `model_type == config_class.model_type`.
+    has `model_type == config_class.model_type`, and so do transformers' `AutoConfig` / `AutoModel` (unless the
+    `model_type` is one of transformers' own models, whose Auto classes stay as transformers defines them).
 
     Args:
         config_class: the policy's config class; its `model_type` must be set and unique.
@@ -58,6 +63,9 @@ def register_policy(
             f"{config_class.__name__} its own model_type, or pass exist_ok=True to replace it."
         )
     POLICY_MAPPING[model_type] = policy_class
+    if model_type not in CONFIG_MAPPING_NAMES:  # not one of transformers' own model types (BLIP's "blip")
+        AutoConfig.register(model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, policy_class, exist_ok=True)
 
 
 for _config_class, _policy_class in (
