@@ -6,6 +6,7 @@ was given are as before. Tiny models, built once per module.
 """
 
 import json
+import logging
 import os
 import re
 
@@ -406,11 +407,21 @@ def test_retrieval_metrics_refuse_non_finite_embeddings(which):
         recall_at_k(embeds["text_embeds"], embeds["image_embeds"], ks=(1,))
 
 
-def test_precision_at_1_refuses_more_candidates_than_images():
-    with pytest.raises(
-        ValueError, match=re.escape("num_candidates=10 needs at least 10 images but the gallery has 4")
-    ):
-        precision_at_1(torch.randn(4, 8), torch.randn(4, 8), num_candidates=10)
+def test_more_candidates_than_images_uses_every_image_with_a_warning(retriever, caplog):
+    """One way everywhere (here; the trainer and the evaluate script: tests/test_trainer.py,
+    tests/test_evaluation_suite.py): P@1 among all the gallery's images, one warning, the count used reported."""
+    text_embeds, image_embeds = torch.randn(4, 8), torch.randn(4, 8)
+    with caplog.at_level(logging.WARNING):
+        assert precision_at_1(text_embeds, image_embeds, num_candidates=10) == precision_at_1(
+            text_embeds, image_embeds, num_candidates=4
+        )
+    assert "4 images, fewer than num_candidates=10: P@1 uses all 4 images as candidates" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        metrics = retrieval_metrics(retriever, ["a", "b", "c"], images=images(3), num_candidates=100, ks=(1,))
+    assert metrics["num_candidates"] == 3 and caplog.text.count("fewer than num_candidates=100") == 1
+    with pytest.raises(ValueError, match=re.escape("has 1 image(s): P@1 needs at least 2")):
+        precision_at_1(torch.randn(1, 8), torch.randn(1, 8), num_candidates=10)
 
 
 def test_retrieval_metrics_refuse_a_single_string_and_unpaired_inputs(retriever):

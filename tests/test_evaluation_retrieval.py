@@ -45,10 +45,10 @@ def test_precision_at_1_draws_distractors_uniformly_and_reproducibly():
     assert precision_at_1(text_embeds, image_embeds, num_candidates=n) == 0.0
 
 
-def test_precision_at_1_too_few_images_names_largest_valid_count():
+def test_precision_at_1_with_too_few_images_uses_them_all_and_warns(caplog):
     embeds = torch.eye(37)
-    with pytest.raises(ValueError, match=r"num_candidates=100 .* gallery has 37; pass num_candidates=37"):
-        precision_at_1(embeds, embeds)
+    assert precision_at_1(embeds, embeds) == 1.0  # 100 asked for: the 37 images
+    assert "37 images, fewer than num_candidates=100: P@1 uses all 37 images" in caplog.text
     with pytest.raises(ValueError, match="num_candidates=1"):
         precision_at_1(embeds, embeds, num_candidates=1)
 
@@ -112,7 +112,7 @@ def test_retrieval_metrics_bad_input():
     images = [solid_image("red"), solid_image("blue")]
     with pytest.raises(ValueError, match="exactly one of"):
         retrieval_metrics(retriever, ["red", "blue"])
-    with pytest.raises(ValueError, match="num_candidates=2"):
-        retrieval_metrics(retriever, ["red", "blue"], images=images, ks=(1,))
+    with pytest.raises(ValueError, match="has 1 image"):
+        retrieval_metrics(retriever, ["red"], images=images[:1], ks=(1,))
     with pytest.raises(TypeError, match="single string"):
         retrieval_metrics(retriever, "red", images=images, num_candidates=2)

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -91,6 +92,30 @@ def test_example_script_end_to_end(tmp_path, load_example):
     assert "METEOR skipped" in report
     captions = json.loads((tmp_path / "out" / "captions.json").read_text())
     assert captions["SetA"]["Vague"][0] == "a square."
+
+
+def test_the_example_script_with_more_candidates_than_images_uses_every_image_and_can_be_silent(
+    tmp_path, load_example, caplog, capfd
+):
+    """The trainer and the helpers handle too few images the same way (tests/test_bad_inputs.py,
+    tests/test_trainer.py); so does the script: one warning per scored caption set, the count used in metrics.json."""
+    module = load_example("evaluate_captioner.py")
+    ColorCaptionPolicy().save_pretrained(str(tmp_path / "model"))
+    palette_dataset().save_to_disk(str(tmp_path / "data"))
+    argv = [
+        "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(tmp_path / "data"),
+        "--policy_class", "discritune_trl.testing.evaluation.ColorCaptionPolicy",
+        "--retriever_class", "discritune_trl.testing.evaluation.ColorRetriever", "--retriever_kwargs", "{}",
+        "--num_candidates", "100", "--tokenizer", "simple", "--human_captions", "false", "--disable_tqdm", "true",
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    capfd.readouterr()  # the setup's save_to_disk bars
+    with caplog.at_level(logging.WARNING):
+        results = module.main(*module.parse_arguments(argv))
+    metrics = results[str(tmp_path / "data")][str(tmp_path / "model")]
+    assert metrics["num_candidates"] == len(PALETTE) and metrics["precision_at_1"] == 1.0
+    assert f"{len(PALETTE)} images, fewer than num_candidates=100" in caplog.text
+    assert "%|" not in capfd.readouterr().err  # --disable_tqdm: no bar
 
 
 def test_importing_the_package_stays_light():

@@ -364,6 +364,18 @@ def test_evaluate_reports_p_at_1_with_fewer_candidates_than_asked(tmp_path, capl
     assert "fewer than eval_num_candidates" in caplog.text
 
 
+def test_evaluate_reports_trainers_speed_metrics_per_evaluation_set(tmp_path):
+    trainer = make_trainer(tmp_path)  # per_device_eval_batch_size=8
+    metrics = trainer.evaluate({"a": image_dataset(12, seed=3), "b": image_dataset(9, seed=4)})
+    for prefix, num_images in (("eval_a", 12), ("eval_b", 9)):
+        runtime = metrics[f"{prefix}_runtime"]
+        assert runtime > 0
+        assert metrics[f"{prefix}_samples_per_second"] == pytest.approx(num_images / runtime, rel=0.01)
+        assert metrics[f"{prefix}_steps_per_second"] == pytest.approx(2 / runtime, rel=0.01)  # 2 batches of <= 8
+    logged = [entry for entry in trainer.state.log_history if "eval_a_runtime" in entry]
+    assert len(logged) == 1 and logged[0]["eval_a_samples_per_second"] == metrics["eval_a_samples_per_second"]
+
+
 def test_the_short_last_batch_is_dropped_in_training_but_every_image_is_evaluated(tmp_path):
     # 9 images in batches of 4: the last batch would hold one image, with no distractor to discriminate against.
     trainer = make_trainer(tmp_path, dataset=image_dataset(9), max_steps=-1, num_train_epochs=2)

@@ -132,6 +132,7 @@ def hard_distractor_accuracy(
     sets: datasets.Dataset,
     image_embeds: torch.Tensor,
     batch_size: int = 256,
+    disable_tqdm: bool = False,
 ) -> dict[str, float | int]:
     """ImageCoDe-style evaluation (Table 11): retrieve each set's target among its candidates from a caption.
 
@@ -142,6 +143,7 @@ def hard_distractor_accuracy(
             `target_position`).
         image_embeds (`torch.Tensor` of shape `[N, D]`): `retriever` embeddings of the images the sets index.
         batch_size (`int`, defaults to `256`): captions encoded per forward pass.
+        disable_tqdm (`bool`, defaults to `False`): no progress bar while encoding the captions.
 
     Returns:
         `{"imagecode_accuracy": fraction, "num_sets": S, "num_candidates": C, "num_empty_captions": E}`.
@@ -156,7 +158,7 @@ def hard_distractor_accuracy(
             f"sets index image {int(candidate_indices.max())} but image_embeds has {image_embeds.shape[0]} rows; "
             "encode the same images the sets were built from."
         )
-    text_embeds = encode_captions(retriever, captions, batch_size=batch_size)  # [S, D]
+    text_embeds = encode_captions(retriever, captions, batch_size=batch_size, disable_tqdm=disable_tqdm)  # [S, D]
     accuracy = candidate_set_accuracy(
         text_embeds, image_embeds.float().cpu()[candidate_indices], torch.tensor(sets["target_position"])
     )

@@ -7,18 +7,27 @@ returns; the retriever's `logit_scale` does not change a ranking and is not used
 Ties count against the caption: a caption retrieves its target only if the target scores *strictly*
 higher than every other candidate. An empty caption, whose embedding matches all images alike, therefore
 never counts as a hit by luck.
+
+A gallery with fewer images than the candidate count asked for is handled the same way everywhere (here,
+`retrieval_metrics` / `evaluate_captions`, `DiscriTuneTrainer.evaluate` and `discritune-trl evaluate`): one warning
+naming both counts, and P@1 among all the gallery's images, the count used being the `num_candidates` reported.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import datasets
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..retrievers.base import Retriever
 from ..utils.images import image_batches
+
+
+logger = logging.getLogger(__name__)
 
 
 # Rows of the [rows, N] score matrix handled at once, so a 10k-image gallery never needs a 10k x 10k matrix.
@@ -72,6 +81,45 @@ def _row_chunks(num_rows: int):
         yield slice(start, min(start + _ROW_CHUNK, num_rows))
 
 
+def usable_num_candidates(
+    num_candidates: int, num_images: int, name: str = "num_candidates", where: str | None = None
+) -> int:
+    """The candidate count P@1 can use on a gallery of `num_images`: `num_candidates`, or all `num_images` (with one
+    warning naming both counts) when the gallery holds fewer.
+
+    Args:
+        num_candidates: the count asked for (target + distractors).
+        num_images: the gallery's size.
+        name: the setting's name, for the messages (`"eval_num_candidates"` in the trainer).
+        where: which evaluation set, for the warning (e.g. `"eval_shifted"`).
+
+    Raises:
+        ValueError: `num_candidates < 2`, or a gallery of fewer than 2 images: no distractor at all.
+    """
+    if num_candidates < 2:
+        raise ValueError(f"{name}={num_candidates} leaves no distractor; use {name} >= 2.")
+    if num_images < 2:
+        raise ValueError(
+            f"The gallery{f' of {where}' if where else ''} has {num_images} image(s): P@1 needs at least 2 (a target "
+            "and a distractor). Evaluate on more images."
+        )
+    if num_candidates <= num_images:
+        return num_candidates
+    logger.warning(
+        "%s%d images, fewer than %s=%d: P@1 uses all %d images as candidates (num_candidates=%d is reported). "
+        "Evaluate on at least %d images for %d candidates.",
+        f"{where}: " if where else "",
+        num_images,
+        name,
+        num_candidates,
+        num_images,
+        num_images,
+        num_candidates,
+        num_candidates,
+    )
+    return num_images
+
+
 def precision_at_1(
     text_embeds: torch.Tensor,
     image_embeds: torch.Tensor,
@@ -88,7 +136,8 @@ def precision_at_1(
     Args:
         text_embeds (`torch.Tensor` of shape `[T, D]`): caption embeddings.
         image_embeds (`torch.Tensor` of shape `[N, D]`): gallery image embeddings.
-        num_candidates (`int`, defaults to `100`): target + distractors per caption (the paper uses 100).
+        num_candidates (`int`, defaults to `100`): target + distractors per caption (the paper uses 100); a
+            gallery of fewer images uses all of them, with a warning (see `usable_num_candidates`).
         seed (`int`, defaults to `0`): seed for drawing the distractors.
         targets (`torch.Tensor` of shape `[T]`, *optional*): image index of each caption; defaults to
             `arange(T)` (requires `T == N`).
@@ -97,14 +146,7 @@ def precision_at_1(
         `float` in `[0, 1]`; ties with a distractor count as misses.
     """
     targets = _check_embeddings(text_embeds, image_embeds, targets)
-    num_images = image_embeds.shape[0]
-    if num_candidates < 2:
-        raise ValueError(f"num_candidates={num_candidates} leaves no distractor; use num_candidates >= 2.")
-    if num_candidates > num_images:
-        raise ValueError(
-            f"num_candidates={num_candidates} needs at least {num_candidates} images but the gallery has "
-            f"{num_images}; pass num_candidates={num_images} (the largest valid count) or evaluate on more images."
-        )
+    num_candidates = usable_num_candidates(num_candidates, image_embeds.shape[0])
     if text_embeds.shape[0] == 0:
         raise ValueError("precision_at_1 got no captions (text_embeds has 0 rows).")
 
@@ -174,12 +216,17 @@ def _retriever_device(retriever: Retriever) -> torch.device:
 
 
 @torch.no_grad()
-def encode_captions(retriever: Retriever, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Embed captions with `retriever.encode_texts`, `batch_size` at a time; returns `[T, D]` on CPU."""
-    embeds = [
-        retriever.encode_texts(list(captions[i : i + batch_size])).float().cpu()
-        for i in range(0, len(captions), batch_size)
-    ]
+def encode_captions(
+    retriever: Retriever, captions: Sequence[str], batch_size: int = 256, disable_tqdm: bool = False
+) -> torch.Tensor:
+    """Embed captions with `retriever.encode_texts`, `batch_size` at a time, with a progress bar (unless
+    `disable_tqdm`); returns `[T, D]` on CPU."""
+    embeds = []
+    with tqdm(total=len(captions), desc="Encoding captions", unit="caption", disable=disable_tqdm) as progress:
+        for start in range(0, len(captions), batch_size):
+            batch = list(captions[start : start + batch_size])
+            embeds.append(retriever.encode_texts(batch).float().cpu())
+            progress.update(len(batch))
     return torch.cat(embeds) if embeds else torch.empty(0, 0)
 
 
@@ -189,16 +236,20 @@ def encode_gallery(
     images: Sequence[Image.Image] | datasets.Dataset,
     batch_size: int = 64,
     image_column: str = "image",
+    disable_tqdm: bool = False,
 ) -> torch.Tensor:
-    """Embed images with `retriever.preprocess` + `encode_images`, `batch_size` at a time; `[N, D]` on CPU.
+    """Embed images with `retriever.preprocess` + `encode_images`, `batch_size` at a time, with a progress bar
+    (unless `disable_tqdm`); `[N, D]` on CPU.
 
     `images` is a sequence of PIL images or a `datasets.Dataset`, read a batch at a time from `image_column`.
     """
     device = _retriever_device(retriever)
     embeds = []
-    for batch in image_batches(images, batch_size, image_column):
-        pixel_values = retriever.preprocess(batch).to(device)
-        embeds.append(retriever.encode_images(pixel_values).float().cpu())
+    with tqdm(total=len(images), desc="Encoding the gallery", unit="img", disable=disable_tqdm) as progress:
+        for batch in image_batches(images, batch_size, image_column):
+            pixel_values = retriever.preprocess(batch).to(device)
+            embeds.append(retriever.encode_images(pixel_values).float().cpu())
+            progress.update(len(batch))
     return torch.cat(embeds) if embeds else torch.empty(0, 0)
 
 
@@ -212,6 +263,7 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     targets: torch.Tensor | None = None,
     batch_size: int = 64,
+    disable_tqdm: bool = False,
 ) -> dict[str, float | int]:
     """P@1 with `num_candidates` candidates and recall@k for captions read by any `Retriever`.
 
@@ -223,11 +275,13 @@ def retrieval_metrics(
         captions (`Sequence[str]`): one caption per row; caption `i` describes image `targets[i]`.
         images (`Sequence[PIL.Image.Image]`, *optional*): the gallery. Give this or `image_embeds`.
         image_embeds (`torch.Tensor` of shape `[N, D]`, *optional*): a gallery already encoded by `retriever`.
-        num_candidates (`int`, defaults to `100`): candidates per caption for P@1.
+        num_candidates (`int`, defaults to `100`): candidates per caption for P@1; a gallery of fewer images uses
+            all of them, with a warning, and the count used is the `num_candidates` returned.
         seed (`int`, defaults to `0`): seed for drawing P@1 distractors.
         ks (`Sequence[int]`, defaults to `(1, 5, 10)`): recall cut-offs.
         targets (`torch.Tensor` of shape `[T]`, *optional*): image index of each caption; defaults to row `i`.
         batch_size (`int`, defaults to `64`): images (and 4x as many captions) encoded per forward pass.
+        disable_tqdm (`bool`, defaults to `False`): no progress bars while encoding.
 
     Returns:
         `dict` with `precision_at_1`, `recall_at_{k}` (fractions in `[0, 1]`), `num_candidates`,
@@ -240,8 +294,9 @@ def retrieval_metrics(
     if len(captions) == 0:
         raise ValueError("captions is empty; pass one caption per image to evaluate.")
     if image_embeds is None:
-        image_embeds = encode_gallery(retriever, images, batch_size=batch_size)
-    text_embeds = encode_captions(retriever, captions, batch_size=4 * batch_size)
+        image_embeds = encode_gallery(retriever, images, batch_size=batch_size, disable_tqdm=disable_tqdm)
+    text_embeds = encode_captions(retriever, captions, batch_size=4 * batch_size, disable_tqdm=disable_tqdm)
+    num_candidates = usable_num_candidates(num_candidates, image_embeds.shape[0])
     metrics: dict[str, float | int] = {
         "precision_at_1": precision_at_1(text_embeds, image_embeds, num_candidates, seed, targets=targets),
         **recall_at_k(text_embeds, image_embeds, ks, targets=targets),

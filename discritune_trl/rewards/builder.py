@@ -46,7 +46,8 @@ def build_reward_model(
     build it.
 
     With `args.num_hard_negatives > 0` the hard-negative bank is `hard_negative_bank` when given, else the training
-    images, encoded here once (with a progress bar) by each retriever (Appendix D.2 mines distractors among them).
+    images, encoded here once (with a progress bar, off with `args.disable_tqdm`) by each retriever (Appendix D.2 mines
+    distractors among them).
 
     Args:
         retrievers: the frozen judge, or several (averaged with `multi_retriever="mean"`).
@@ -71,6 +72,7 @@ def build_reward_model(
             train_dataset,
             image_column=image_column or getattr(args, "image_column", "image"),
             batch_size=batch_size or getattr(args, "cache_batch_size", 64),
+            disable_tqdm=getattr(args, "disable_tqdm", False),
         )
     reward_model = DiscriminativeRewardModel(
         retrievers,
@@ -87,9 +89,11 @@ def encode_hard_negative_bank(
     train_dataset: datasets.Dataset | datasets.IterableDataset | None,
     image_column: str = "image",
     batch_size: int = 64,
+    disable_tqdm: bool = False,
 ) -> torch.Tensor | list[torch.Tensor]:
     """`[M, D]` L2-normalised embeddings of the training images (one tensor per retriever when there are several),
-    to mine hard negatives from.
+    to mine hard negatives from, with a progress bar (unless `disable_tqdm`; `build_reward_model` passes the
+    config's `disable_tqdm`).
 
     Raises:
         ValueError: `train_dataset` is missing or a stream (`datasets.IterableDataset`): a bank needs every training
@@ -118,7 +122,9 @@ def encode_hard_negative_bank(
     if isinstance(feature, datasets.Image) and not feature.decode:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=True))
     banks: list[list[torch.Tensor]] = [[] for _ in retriever_list]
-    progress = tqdm(total=len(dataset), desc="Encoding the training images (hard-negative bank)", unit="img")
+    progress = tqdm(
+        total=len(dataset), desc="Encoding the training images (hard-negative bank)", unit="img", disable=disable_tqdm
+    )
     with torch.no_grad():
         for images in image_batches(dataset, batch_size, image_column):
             for bank, retriever in zip(banks, retriever_list):

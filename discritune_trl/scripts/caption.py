@@ -42,6 +42,7 @@ class CaptionArguments:
     max_new_tokens: int = field(default=40, metadata={"help": "Longest caption, in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Images per generate call."})
     device: str = field(default="cpu", metadata={"help": "torch device to caption on."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
 
 
 def image_files(folder: str) -> list[str]:
@@ -100,6 +101,7 @@ def main(args: CaptionArguments) -> list[str]:
         num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens,
         image_column=args.image_column,
+        disable_tqdm=args.disable_tqdm,
     )
     write_captions(args.output_file, key, keys, captions)
     print(f"{len(captions)} captions written to {args.output_file}", file=sys.stderr)

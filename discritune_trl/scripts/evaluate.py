@@ -40,6 +40,7 @@ from ..evaluation import (
 from ..models.auto import load_policy
 from ..models.policy import CaptioningPolicy
 from ..utils.data import load_image_dataset
+from ..utils.progress import datasets_progress_bars
 from .arguments import RetrieverArguments, build_retriever, resolve_class
 
 
@@ -71,7 +72,13 @@ class EvaluationArguments:
     num_beams: int = field(default=5, metadata={"help": "Beams for test-time decoding (the paper uses 5)."})
     max_new_tokens: int = field(default=40)
     batch_size: int = field(default=32)
-    num_candidates: int = field(default=100, metadata={"help": "Candidates per caption for P@1 (target + random)."})
+    num_candidates: int = field(
+        default=100,
+        metadata={
+            "help": "Candidates per caption for P@1 (target + random). A dataset with fewer images uses all of them, "
+            "with a warning; metrics.json reports the count used."
+        },
+    )
     seed: int = field(default=0)
     tokenizer: str = field(default="ptb", metadata={"help": "'ptb' (COCO toolkit, Java) or 'simple' (no Java)."})
     human_captions: bool = field(
@@ -81,6 +88,7 @@ class EvaluationArguments:
         default=False, metadata={"help": "Also report accuracy among 10 hard candidates (Appendix A/D sets)."}
     )
     device: str = field(default="cpu")
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars (captioning, encoding)."})
 
 
 def load_evaluation_policy(path: str, policy_class: str) -> CaptioningPolicy:
@@ -98,6 +106,11 @@ def parse_arguments(
 
 def main(args: EvaluationArguments, retriever_args: RetrieverArguments | None = None) -> dict:
     """Caption every dataset with every model, score the captions, write the reports; returns the metrics."""
+    with datasets_progress_bars(enabled=not args.disable_tqdm):  # loading the datasets draws bars too
+        return _evaluate(args, retriever_args)
+
+
+def _evaluate(args: EvaluationArguments, retriever_args: RetrieverArguments | None) -> dict:
     model_names = args.model_names or args.model_name_or_path
     dataset_names = args.dataset_names or args.dataset_name
     if len(model_names) != len(args.model_name_or_path) or len(dataset_names) != len(args.dataset_name):
@@ -113,11 +126,21 @@ def main(args: EvaluationArguments, retriever_args: RetrieverArguments | None = 
     generated: dict = {}
     for dataset_name, path in zip(dataset_names, args.dataset_name):
         dataset = load_image_dataset(path, args.dataset_test_split)
-        image_embeds = encode_gallery(retriever, dataset, batch_size=args.batch_size, image_column=args.image_column)
+        image_embeds = encode_gallery(
+            retriever,
+            dataset,
+            batch_size=args.batch_size,
+            image_column=args.image_column,
+            disable_tqdm=args.disable_tqdm,
+        )
         references = dataset[args.captions_column] if args.captions_column in dataset.column_names else None
         hard_sets = build_hard_distractor_sets(image_embeds, seed=args.seed) if args.hard_distractors else None
         common = dict(
-            num_candidates=args.num_candidates, seed=args.seed, tokenizer=args.tokenizer, hard_sets=hard_sets
+            num_candidates=args.num_candidates,
+            seed=args.seed,
+            tokenizer=args.tokenizer,
+            hard_sets=hard_sets,
+            disable_tqdm=args.disable_tqdm,
         )
         results[dataset_name] = {}
         generated[dataset_name] = {}
@@ -130,6 +153,7 @@ def main(args: EvaluationArguments, retriever_args: RetrieverArguments | None = 
                 num_beams=args.num_beams,
                 max_new_tokens=args.max_new_tokens,
                 image_column=args.image_column,
+                disable_tqdm=args.disable_tqdm,
             )
             generated[dataset_name][model_name] = captions
             results[dataset_name][model_name] = evaluate_captions(

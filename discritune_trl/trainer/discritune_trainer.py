@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import os
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -19,9 +20,9 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
-from ..evaluation.retrieval import precision_at_1
+from ..evaluation.retrieval import precision_at_1, usable_num_candidates
 from ..models.auto import load_policy
 from ..models.policy import CaptioningPolicy, CaptionOutput, reduce_token_log_probs, register_fsdp_forward_methods
 from ..retrievers.base import Retriever
@@ -29,6 +30,7 @@ from ..rewards import build_reward_model, check_reward_model_matches, describe_r
 from ..rewards.distributed import gather_objects, gather_rows
 from ..rewards.pools import PoolLayout, pool_layout
 from ..utils.images import decode_image
+from ..utils.progress import datasets_progress_bars
 from .baselines import RunningMeanBaseline, leave_one_out_baseline, scale_advantages
 from .batch import INDEX_COLUMN, POLICY_EMBEDS_COLUMN, RETRIEVER_EMBEDS_COLUMN, DiscriTuneBatch
 from .callbacks import CollapseAlarmCallback
@@ -153,8 +155,9 @@ class DiscriTuneTrainer(Trainer):
         self._one_pass = self._use_one_pass_step()
         self._static_cache = self._use_static_cache()
         if args.cache_embeddings:
-            self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
-            self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
+            with datasets_progress_bars(enabled=not args.disable_tqdm):  # the cache pass's bars too
+                self.train_dataset = self._cache_embeddings(self.train_dataset, "train_dataset")
+                self.eval_dataset = self._cache_embeddings(self.eval_dataset, "eval_dataset")
         if self._bank_from_cache:  # the training images' retriever embeddings, computed once by the cache
             self.reward_model.set_hard_negative_bank(
                 _cached_retriever_embeds(self.train_dataset), num_hard_negatives=args.num_hard_negatives
@@ -497,7 +500,9 @@ class DiscriTuneTrainer(Trainer):
                 self._warned_greedy_evaluation = True
             num_beams = 1
         indices, texts, text_embeds, image_embeds = [], [], [], []
-        progress = tqdm(dataloader, desc=description, disable=not self.is_local_process_zero())
+        progress = tqdm(
+            dataloader, desc=description, disable=self.args.disable_tqdm or not self.is_local_process_zero()
+        )
         for batch in progress:
             batch = self._prepare_inputs(batch)
             unreadable += self._global_sum(batch.num_unreadable_images)
@@ -600,27 +605,33 @@ class DiscriTuneTrainer(Trainer):
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
+        start_time = time.time()
         texts, text_embeds, image_embeds, unreadable = self._caption_dataset(dataset, description="Evaluating")
         metrics = self._retrieval_metrics(texts, text_embeds, image_embeds, metric_key_prefix)
         metrics[f"{metric_key_prefix}_unreadable_images"] = float(unreadable)  # rows left out: not decodable
         if self.args.eval_report_greedy:  # the training decoding, beside the evaluation's beam search
             greedy = self.caption_dataset(dataset, num_beams=1, description="Evaluating (greedy)")
             metrics.update(self._retrieval_metrics(*greedy, f"{metric_key_prefix}_greedy"))
+        # Trainer's speed metrics, over the whole evaluation of this set (greedy pass included): images evaluated,
+        # and batches of eval_batch_size on every process.
+        total_batch_size = self.args.eval_batch_size * self.args.world_size
+        metrics.update(
+            speed_metrics(
+                metric_key_prefix,
+                start_time,
+                num_samples=len(texts),
+                num_steps=math.ceil(len(texts) / total_batch_size),
+            )
+        )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     def _retrieval_metrics(self, texts, text_embeds, image_embeds, metric_key_prefix: str) -> dict[str, float]:
         """P@1 among `eval_num_candidates` candidates and caption statistics, named `<metric_key_prefix>_*`."""
-        num_candidates = min(self.args.eval_num_candidates, len(texts))
-        if num_candidates < self.args.eval_num_candidates:
-            logger.warning(
-                "%s: %d images, fewer than eval_num_candidates=%d; P@1 uses %d candidates.",
-                metric_key_prefix,
-                len(texts),
-                self.args.eval_num_candidates,
-                num_candidates,
-            )
+        num_candidates = usable_num_candidates(
+            self.args.eval_num_candidates, len(texts), name="eval_num_candidates", where=metric_key_prefix
+        )
         p_at_1 = precision_at_1(text_embeds, image_embeds, num_candidates=num_candidates, seed=self.args.eval_seed)
         return {
             f"{metric_key_prefix}_p_at_1": 100.0 * p_at_1,

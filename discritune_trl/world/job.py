@@ -128,8 +128,8 @@ def run_world_job(
         text_embeds = {
             "before": before_embeds,
             "after": after_embeds,
-            "human": encode_captions(retriever, texts["human"]),
-            "descriptive": encode_captions(retriever, texts["descriptive"]),
+            "human": encode_captions(retriever, texts["human"], disable_tqdm=args.disable_tqdm),
+            "descriptive": encode_captions(retriever, texts["descriptive"], disable_tqdm=args.disable_tqdm),
         }
         results[split] = split_results(
             texts, text_embeds, image_embeds.cpu(), references, args.eval_num_candidates, args.eval_seed
