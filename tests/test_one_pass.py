@@ -53,6 +53,10 @@ def test_decoding_with_log_probs_gives_generate_captions_and_teacher_forced_log_
     )
     assert captions.token_log_probs.requires_grad
     torch.testing.assert_close(captions.token_log_probs, teacher_forced, rtol=1e-5, atol=1e-5)
+    _, teacher_forced_entropies = policy.caption_log_probs(
+        expected.sequences, expected.caption_mask, image_embeds=image_embeds, reduction="none", return_entropy=True
+    )
+    torch.testing.assert_close(captions.token_entropies, teacher_forced_entropies, rtol=1e-5, atol=1e-5)
     if generation["max_new_tokens"] == 12:  # rows that stop early and rows that run to the limit
         assert captions.stopped.any() and not captions.stopped.all()
 
@@ -102,6 +106,8 @@ def test_one_pass_step_gives_the_two_pass_loss_and_every_gradient(tmp_path, over
     one_pass, one_pass_loss, one_pass_gradients = one_step(tmp_path, "true", **overrides)
     assert one_pass._one_pass and not two_pass._one_pass
     assert one_pass._metrics["completions/mean_length"] == two_pass._metrics["completions/mean_length"]
+    # `entropy` from the logits either step already has: the decoding pass's equal the log-prob pass's.
+    assert one_pass._metrics["entropy"] == pytest.approx(two_pass._metrics["entropy"], rel=1e-5)
     torch.testing.assert_close(one_pass_loss, loss, rtol=1e-5, atol=1e-6)
     assert one_pass_gradients.keys() == gradients.keys()
     for name, gradient in gradients.items():

@@ -19,6 +19,7 @@ from .policy import (
     gather_token_log_probs,
     reduce_token_log_probs,
     register_fsdp_forward_methods,
+    token_entropies,
     truncate_at_stop,
 )
 from .vlm import VLMPolicy, VLMPolicyConfig, vlm_lora_config
@@ -45,6 +46,7 @@ __all__ = [
     "reduce_token_log_probs",
     "register_fsdp_forward_methods",
     "register_policy",
+    "token_entropies",
     "truncate_at_stop",
     "vlm_lora_config",
 ]

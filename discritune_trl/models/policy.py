@@ -58,6 +58,11 @@ class CaptionOutput(ModelOutput):
         token_log_probs (`torch.FloatTensor` of shape `[B, T]`, *optional*):
             Only from `generate_with_log_probs`: the fp32 log-probability of each caption token under the policy,
             taken from the decoding pass itself, with gradients; zero after the caption.
+        token_entropies (`torch.FloatTensor` of shape `[B, T]`, *optional*):
+            The entropy (nats, fp32, no gradient) of the policy's distribution at each caption position, from the
+            pass that gave the log-probabilities (`generate_with_log_probs`, or set by the trainer from the
+            teacher-forced pass); zero after the caption. The trainer logs their mean over caption tokens as
+            `entropy`.
     """
 
     sequences: torch.LongTensor | None = None
@@ -65,6 +70,7 @@ class CaptionOutput(ModelOutput):
     texts: list[str] | None = None
     stopped: torch.BoolTensor | None = None
     token_log_probs: torch.FloatTensor | None = None
+    token_entropies: torch.FloatTensor | None = None
 
 
 def full_stop_token_ids(
@@ -194,7 +200,8 @@ def decode_with_log_probs(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-) -> tuple[torch.LongTensor, torch.Tensor]:
+    return_entropies: bool = False,
+) -> tuple[torch.LongTensor, torch.Tensor] | tuple[torch.LongTensor, torch.Tensor, torch.Tensor]:
     """Greedy or sampled decoding that keeps the gradient of each chosen token's log-probability.
 
     The same tokens as `GenerationMixin.generate` (greedy: the argmax; sampled: `torch.multinomial` over the
@@ -207,10 +214,12 @@ def decode_with_log_probs(
             only), then the `[N]` tokens just chosen. It keeps its own KV cache, with gradients.
         max_new_tokens, stop_token_ids, pad_token_id: as in `generate_captions`.
         do_sample, temperature, top_k, top_p: sampling, as in `generate_captions`.
+        return_entropies: also return the entropy of each step's (unwarped) distribution, `[N, T]`, without
+            gradients (see :func:`token_entropies`).
 
     Returns:
-        `(generated_ids [N, T], token_log_probs [N, T])`; turn the ids into a `CaptionOutput` with
-        :func:`captions_from_generated` (the log-probs after the stop token are then masked out).
+        `(generated_ids [N, T], token_log_probs [N, T])`, plus `token_entropies [N, T]` with `return_entropies`; turn
+        the ids into a `CaptionOutput` with :func:`captions_from_generated` (then mask what follows the stop token).
     """
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -222,7 +231,7 @@ def decode_with_log_probs(
             warpers.append(TopKLogitsWarper(top_k))
         if top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
-    tokens, log_probs, unfinished = [], [], None
+    tokens, log_probs, entropies, unfinished = [], [], [], None
     logits = next_logits(None)  # [N, V]
     stop_token_ids = torch.as_tensor(list(stop_token_ids), device=logits.device)
     for _ in range(max_new_tokens):
@@ -238,10 +247,14 @@ def decode_with_log_probs(
         chosen = chosen * unfinished + pad_token_id * (1 - unfinished)
         tokens.append(chosen)
         log_probs.append(gather_token_log_probs(logits.unsqueeze(1), chosen.unsqueeze(1)).squeeze(1))  # [N]
+        if return_entropies:
+            entropies.append(token_entropies(logits.unsqueeze(1)).squeeze(1))  # [N]
         unfinished = unfinished * (~torch.isin(chosen, stop_token_ids)).long()
         if len(tokens) == max_new_tokens or not unfinished.any():
             break
         logits = next_logits(chosen)
+    if return_entropies:
+        return torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1), torch.stack(entropies, dim=1)
     return torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1)
 
 
@@ -296,6 +309,20 @@ def gather_token_log_probs(
             f"logits {list(logits.shape)} and token_ids {list(token_ids.shape)} must be [B, T, V] and [B, T]."
         )
     return _SelectedLogSoftmax.apply(logits, token_ids.to(logits.device), chunk_rows)
+
+
+def token_entropies(logits: torch.Tensor, chunk_rows: int = LOG_PROB_CHUNK_ROWS) -> torch.Tensor:
+    """`[B, T, V]` logits to the `[B, T]` fp32 entropy (nats) of each position's distribution, without gradients.
+
+    Computed `chunk_rows` rows at a time like :func:`gather_token_log_probs` (no `[B, T, V]` fp32 copy); tokens with a
+    `-inf` logit (suppressed) add nothing. What TRL logs as `entropy`, from the logits a pass already computed.
+    """
+    entropies = logits.new_empty(logits.shape[:-1], dtype=torch.float32)  # [B, T]
+    with torch.no_grad():
+        for start in range(0, logits.shape[0], chunk_rows):
+            log_p = logits[start : start + chunk_rows].detach().float().log_softmax(dim=-1)  # [b, T, V]
+            entropies[start : start + chunk_rows] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=-1)
+    return entropies
 
 
 def reduce_token_log_probs(
@@ -582,7 +609,8 @@ class CaptioningPolicy:
         image_embeds: torch.Tensor | None = None,
         *,
         reduction: str = "mean",
-    ) -> torch.Tensor:
+        return_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced log-probabilities of `caption_ids` given the images, in one forward pass, with gradients.
 
         Args:
@@ -591,9 +619,13 @@ class CaptioningPolicy:
             pixel_values / image_embeds: the `B` images, as in `generate_captions`.
             reduction: `"mean"` (length-normalised, the public DiscriTune implementation's choice), `"sum"` or
                 `"none"`.
+            return_entropy: also return the `[B * G, T]` entropy of the policy's distribution at each caption
+                position, from the same logits (:func:`token_entropies`; zero after the caption, no gradient). A
+                policy that overrides this method accepts `return_entropy` for the trainer to log `entropy`.
 
         Returns:
-            `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero after the caption) for `"none"`.
+            `[B * G]` for `"mean"`/`"sum"`, `[B * G, T]` (zero after the caption) for `"none"`; with
+            `return_entropy`, `(log_probs, token_entropies)`.
         """
         conditioning = self.image_conditioning(pixel_values, image_embeds)  # [B, ...]
         repeats = captions_per_image(caption_ids, caption_mask, conditioning.shape[0], output_vocab_size(self))
@@ -602,7 +634,10 @@ class CaptioningPolicy:
         caption_mask = caption_mask.to(conditioning.device)
         logits = self.caption_logits(conditioning, caption_ids, caption_mask)  # [B * G, T, V]
         token_log_probs = gather_token_log_probs(logits, caption_ids)  # [B * G, T]
-        return reduce_token_log_probs(token_log_probs, caption_mask, reduction)
+        log_probs = reduce_token_log_probs(token_log_probs, caption_mask, reduction)
+        if return_entropy:
+            return log_probs, token_entropies(logits) * caption_mask.to(torch.float32)
+        return log_probs
 
     def image_conditioning(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """What the text model reads of each image (`[B, ...]`, with gradients through the trainable parts), from
@@ -627,6 +662,7 @@ class CaptioningPolicy:
         caption_mask: torch.LongTensor | None = None,
         log_prob_reduction: str | None = None,
         decode: bool = False,
+        return_entropy: bool = False,
         **kwargs: Any,
     ) -> Any:
         """The log-prob pass when `caption_ids` is given, decoding with log-probs when `decode=True`, else
@@ -635,7 +671,8 @@ class CaptioningPolicy:
         `DiscriTuneTrainer` calls `model(pixel_values | image_embeds, caption_ids=, caption_mask=,
         log_prob_reduction=)` so that DDP / FSDP / DeepSpeed wrappers see the pass with gradients (a method called on
         the unwrapped model would skip their gradient synchronisation); that returns :meth:`caption_log_probs`
-        (`reduction=log_prob_reduction`, `"mean"` when None). With `decode=True` (and the generation keyword
+        (`reduction=log_prob_reduction`, `"mean"` when None; with `return_entropy=True`, also the tokens' entropies).
+        With `decode=True` (and the generation keyword
         arguments: `max_new_tokens`, `do_sample`, ...) it returns :meth:`generate_with_log_probs`, the one-pass step.
         """
         if decode:
@@ -645,8 +682,14 @@ class CaptioningPolicy:
         if caption_ids is not None:
             if caption_mask is None:
                 raise ValueError("caption_ids needs caption_mask (1 on caption tokens), as generate_captions returns.")
+            entropy = {"return_entropy": True} if return_entropy else {}  # only when asked: older overrides lack it
             return self.caption_log_probs(
-                caption_ids, caption_mask, pixel_values, image_embeds, reduction=log_prob_reduction or "mean"
+                caption_ids,
+                caption_mask,
+                pixel_values,
+                image_embeds,
+                reduction=log_prob_reduction or "mean",
+                **entropy,
             )
         return self.captioning_forward(pixel_values=pixel_values, image_embeds=image_embeds, **kwargs)
 

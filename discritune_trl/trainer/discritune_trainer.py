@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -322,13 +323,19 @@ class DiscriTuneTrainer(Trainer):
 
     def _token_log_probs(self, model, captions, image_inputs) -> torch.Tensor:
         """`[B * G, T]` teacher-forced token log-probs with gradients, through `model`'s forward so that
-        DDP/FSDP/DeepSpeed see the pass."""
-        return model(
+        DDP/FSDP/DeepSpeed see the pass; the tokens' entropies from the same logits go to `captions.token_entropies`
+        (for the `entropy` log) when the policy's `caption_log_probs` offers them."""
+        with_entropy = _reports_entropy(self.accelerator.unwrap_model(model))
+        token_log_probs = model(
             **image_inputs,
             caption_ids=captions.sequences,
             caption_mask=captions.caption_mask,
             log_prob_reduction="none",
+            **({"return_entropy": True} if with_entropy else {}),
         )
+        if with_entropy:
+            token_log_probs, captions.token_entropies = token_log_probs
+        return token_log_probs
 
     def _kl(self, policy, captions, image_inputs, token_log_probs) -> torch.Tensor:
         """Mean per-token KL to the initial policy (k3 estimator, always >= 0) on the generated tokens."""
@@ -422,6 +429,11 @@ class DiscriTuneTrainer(Trainer):
         self._log_metric("completions/min_length", lengths.min().item())
         self._log_metric("completions/max_length", lengths.max().item())
         self._log_metric("completions/clipped_ratio", clipped.mean().item())
+        if captions.token_entropies is not None:  # mean per caption token, over every process's captions
+            mask = captions.caption_mask.to(captions.token_entropies.device, torch.float32)
+            totals = torch.stack([(captions.token_entropies.detach().float() * mask).sum(), mask.sum()])
+            totals = gather_rows(totals.reshape(1, 2))[0].sum(dim=0)  # [2]: entropy summed, tokens
+            self._log_metric("entropy", (totals[0] / totals[1].clamp(min=1.0)).item())
         if not self.args.log_completions:
             return
         repeats = len(captions.texts) // max(1, image_index.numel())
@@ -972,6 +984,13 @@ class _StreamSplitByBatch(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
+
+
+def _reports_entropy(policy: nn.Module) -> bool:
+    """Whether the policy's `caption_log_probs` can return its tokens' entropies (`return_entropy`): the built-in
+    policies do; a custom one that overrides the method without that argument is not asked (no `entropy` log)."""
+    policy = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    return "return_entropy" in inspect.signature(policy.caption_log_probs).parameters
 
 
 def _frozen_reference(model: nn.Module) -> nn.Module:

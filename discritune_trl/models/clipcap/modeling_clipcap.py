@@ -421,7 +421,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         through the mapper and GPT-2's KV cache (see `CaptioningPolicy.generate_with_log_probs`).
 
         The same captions as `generate_captions(...)` when no dropout is active, and `token_log_probs` equal to the
-        teacher-forced `caption_log_probs(..., reduction="none")`. The graph holds every decoding step's activations
+        teacher-forced `caption_log_probs(..., reduction="none")` (`token_entropies` too, from the same logits). The graph holds every decoding step's activations
         and cached keys and values until the backward pass (see `docs/throughput.md` for its memory).
         """
         self._check_generation_arguments(max_new_tokens, do_sample, 1, num_return_sequences)
@@ -442,7 +442,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
             return outputs.logits[:, -1]  # [B * G, V]
 
         stop_token_ids = self.stop_token_ids
-        generated, token_log_probs = decode_with_log_probs(
+        generated, token_log_probs, entropies = decode_with_log_probs(
             next_logits,
             max_new_tokens=max_new_tokens,
             stop_token_ids=stop_token_ids,
@@ -451,9 +451,12 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
+            return_entropies=True,
         )  # [B * G, T] each
         captions = captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
-        captions.token_log_probs = token_log_probs * captions.caption_mask.to(token_log_probs.dtype)
+        mask = captions.caption_mask.to(token_log_probs.dtype)
+        captions.token_log_probs = token_log_probs * mask
+        captions.token_entropies = entropies * mask
         return captions
 
 

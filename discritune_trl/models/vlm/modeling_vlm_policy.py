@@ -30,6 +30,7 @@ from ..policy import (
     gather_token_log_probs,
     hub_kwargs,
     reduce_token_log_probs,
+    token_entropies,
 )
 from .configuration_vlm_policy import VLMPolicyConfig
 
@@ -321,7 +322,8 @@ class VLMPolicy(CaptioningPolicy, PreTrainedModel):
         image_embeds: BatchFeature | None = None,
         *,
         reduction: str = "mean",
-    ) -> torch.Tensor:
+        return_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced log-probabilities of the caption tokens given image + prompt, in one forward pass of
         `prompt + caption` with gradients; the prompt and image tokens are read, never scored.
 
@@ -330,6 +332,8 @@ class VLMPolicy(CaptioningPolicy, PreTrainedModel):
             caption_mask: `[B * G, T]` 1 for caption tokens (up to and including the stop token), 0 after.
             pixel_values: the `BatchFeature` of :meth:`preprocess` for the `B` images (`image_embeds`: its alias).
             reduction: `"mean"`, `"sum"` or `"none"`.
+            return_entropy: also return the `[B * G, T]` entropies of the caption positions' distributions (suppressed
+                tokens excluded), as in :meth:`CaptioningPolicy.caption_log_probs`.
         """
         inputs = self._prompt_inputs(pixel_values, image_embeds)
         prompt_ids = inputs.pop("input_ids")  # [B, P]
@@ -355,7 +359,10 @@ class VLMPolicy(CaptioningPolicy, PreTrainedModel):
         token_log_probs = gather_token_log_probs(logits[:, :-1], caption_ids)  # [N, T]
         # After the stop token the ids are padding, which may be a suppressed token (-inf): zero, not -inf * 0.
         token_log_probs = token_log_probs.masked_fill(caption_mask == 0, 0.0)
-        return reduce_token_log_probs(token_log_probs, caption_mask, reduction)
+        log_probs = reduce_token_log_probs(token_log_probs, caption_mask, reduction)
+        if return_entropy:
+            return log_probs, token_entropies(logits[:, :-1]) * caption_mask.to(torch.float32)
+        return log_probs
 
     def captioning_forward(self, pixel_values=None, image_embeds=None, **kwargs):
         """Without `caption_ids`, `forward` is the wrapped model's own (e.g. `input_ids=`, `labels=`), unchanged;
