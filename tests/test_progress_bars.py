@@ -57,7 +57,17 @@ def train_and_evaluate(tmp_path, disable_tqdm: bool) -> None:
     )
 
 
-def test_the_trainer_draws_its_bars_and_disable_tqdm_silences_every_one(tmp_path, capfd):
+@pytest.fixture
+def datasets_bars_on():
+    """datasets' global progress-bar switch on for the test (another test may have left it off), then as it was."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.enable_progress_bars()
+    yield
+    if not was_enabled:
+        datasets.disable_progress_bars()
+
+
+def test_the_trainer_draws_its_bars_and_disable_tqdm_silences_every_one(tmp_path, capfd, datasets_bars_on):
     train_and_evaluate(tmp_path / "shown", disable_tqdm=False)
     shown = capfd.readouterr().err
     for label in ("Caching frozen image embeddings", "Saving the dataset", "hard-negative bank", "Evaluating"):
@@ -65,7 +75,7 @@ def test_the_trainer_draws_its_bars_and_disable_tqdm_silences_every_one(tmp_path
     train_and_evaluate(tmp_path / "silent", disable_tqdm=True)
     silent = capfd.readouterr().err
     assert BAR not in silent, silent[-2000:]
-    assert datasets.is_progress_bar_enabled()  # datasets' own setting is restored afterwards
+    assert datasets.is_progress_bar_enabled()  # datasets' own setting (on) is restored afterwards
 
 
 @pytest.mark.parametrize("disable_tqdm", [False, True])
