@@ -14,12 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from discritune_trl.models import load_policy
 from discritune_trl.models.blip import BlipPolicy
+from discritune_trl.models.vlm import VLMPolicy
 from discritune_trl.scripts.cli import main
 from discritune_trl.testing.blip import tiny_blip
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.evaluation import PALETTE, ColorCaptionPolicy, solid_image
 from discritune_trl.testing.retrievers import tiny_open_clip_config, tiny_open_clip_retriever
+from discritune_trl.testing.vlm import tiny_vlm
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,3 +194,25 @@ def test_console_script_from_a_non_editable_install(tmp_path, image_data):
         "No such world in"
         in subprocess.run([str(script), "world", "info", "--cache-dir", str(tmp_path / "w")], **run).stdout
     )
+
+
+def test_train_wraps_a_plain_vision_language_model_checkpoint(tmp_path, image_data):
+    model, processor = tiny_vlm("qwen2_vl")
+    model.save_pretrained(tmp_path / "qwen2_vl")  # a transformers folder, as on the Hub: model_type qwen2_vl
+    processor.save_pretrained(tmp_path / "qwen2_vl")
+    output_dir = tmp_path / "out"
+    main(
+        [
+            "train",
+            "--model_name_or_path", str(tmp_path / "qwen2_vl"),
+            "--dataset_name", image_data, "--dataset_test_split", "",
+            *retriever_flags(tmp_path),
+            "--output_dir", str(output_dir),
+            "--max-steps", "1", "--per_device_train_batch_size", "4", "--max_completion_length", "4",
+            "--report_to", "none", "--save_strategy", "no", "--use_cpu",
+        ]
+    )  # fmt: skip
+    trained = load_policy(str(output_dir))
+    assert type(trained) is VLMPolicy and trained.config.vlm_config["model_type"] == "qwen2_vl"
+    before = VLMPolicy.from_vlm(model, processor).state_dict()
+    assert any(not torch.equal(p, before[name]) for name, p in trained.state_dict().items())

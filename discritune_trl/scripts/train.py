@@ -12,7 +12,9 @@ retriever; it evaluates before and after fine-tuning, in-domain and on a shifted
 
 `--model_name_or_path` picks the captioner by its checkpoint: a folder saved with `save_pretrained` (ClipCap, BLIP,
 or any policy registered with `register_policy`, read from `config.json`'s `model_type`; adapters included), a
-transformers BLIP checkpoint (`model_type: blip`), or an original ClipCap `.pt` file.
+transformers BLIP checkpoint (`model_type: blip`), a plain prompted vision-language model (any `model_type` of
+transformers' `AutoModelForImageTextToText`, e.g. SmolVLM, wrapped in `VLMPolicy` with its default prompt; see
+`examples/finetune_vlm.py` for the prompt flag and LoRA defaults), or an original ClipCap `.pt` file.
 
 The paper's setting (needs the weights, e.g. when connected):
 
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 
 import trl
 import yaml
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.utils import cached_file
 from trl import ModelConfig, TrlParser
 
@@ -52,6 +55,7 @@ from ..models.auto import POLICY_MAPPING, load_policy
 from ..models.blip import BlipPolicy
 from ..models.clipcap import ClipCapPolicy
 from ..models.policy import CaptioningPolicy
+from ..models.vlm import VLMPolicy
 from ..trainer import DiscriTuneConfig, DiscriTuneTrainer
 from ..utils.data import load_image_dataset
 from ..world import WORLD_TRAINING_DEFAULTS, WorldConfig, run_world_job
@@ -116,6 +120,10 @@ def build_policy(model_args: ModelConfig, clipcap_args: ClipCapArguments) -> Cap
             model_type = json.load(handle).get("model_type")
     if model_type == "blip":  # a transformers BLIP checkpoint (e.g. Salesforce/blip-image-captioning-base)
         return BlipPolicy.from_pretrained(path)
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and model_type not in POLICY_MAPPING:
+        # a plain prompted VLM (e.g. SmolVLM), asked VLMPolicyConfig's default prompt; examples/finetune_vlm.py sets
+        # the prompt and LoRA on the language model by default
+        return VLMPolicy.from_vlm_pretrained(path)
     if config_file is not None and model_type not in POLICY_MAPPING:
         raise ValueError(
             f"--model_name_or_path {path}: model_type={model_type!r} is not a captioner this library trains "
