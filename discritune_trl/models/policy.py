@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
+from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 
@@ -164,6 +165,42 @@ def check_generation_arguments(
             f"num_return_sequences={num_return_sequences} needs do_sample=True or num_beams >= "
             f"{num_return_sequences}; greedy decoding gives one caption per image."
         )
+
+
+def caption_generation_config(
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    num_beams: int,
+    num_return_sequences: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    stop_token_ids: list[int],
+    pad_token_id: int,
+    **kwargs: Any,
+) -> GenerationConfig:
+    """The `GenerationConfig` of a policy decoding through transformers' `generate`, after
+    `check_generation_arguments`: the policy's stop tokens, and none of the checkpoint's own generation settings
+    (repetition penalty, n-gram blocking, length penalty, minimum length) that would change what is decoded.
+    Sampling settings apply only with `do_sample`; `kwargs` are further `GenerationConfig` fields."""
+    check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_length=0,
+        do_sample=do_sample,
+        num_beams=num_beams,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=stop_token_ids,
+        pad_token_id=pad_token_id,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        length_penalty=1.0,
+        use_cache=True,
+        **sampling,
+        **kwargs,
+    )
 
 
 def captions_per_image(

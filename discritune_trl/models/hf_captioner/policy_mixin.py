@@ -20,8 +20,8 @@ from ...utils.images import to_rgb
 from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
+    caption_generation_config,
     captions_from_generated,
-    check_generation_arguments,
     expect_tied_weights_unsaved,
     full_stop_token_ids,
     hub_kwargs,
@@ -236,24 +236,19 @@ class HFCaptionerMixin(CaptioningPolicy):
     def _generation_config(
         self, max_new_tokens, do_sample, num_beams, temperature, top_k, top_p, num_return_sequences
     ) -> GenerationConfig:
-        check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
         pad_token_id = self.tokenizer.pad_token_id
         if pad_token_id is None:
             pad_token_id = self.family.end_token_id(self.captioner_model)
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
-        return GenerationConfig(
+        return caption_generation_config(
             max_new_tokens=max_new_tokens,
-            min_length=0,
             do_sample=do_sample,
             num_beams=num_beams,
             num_return_sequences=num_return_sequences,
-            eos_token_id=self.stop_token_ids,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_token_ids=self.stop_token_ids,
             pad_token_id=pad_token_id,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            length_penalty=1.0,
-            use_cache=True,
-            **sampling,
         )
 
     # ------------------------------------------------------------------ log-probs (`CaptioningPolicy.caption_log_probs`)

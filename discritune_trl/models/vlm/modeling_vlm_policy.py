@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature, PreTrainedModel
 
 from ...utils.images import to_rgb
 from ..policy import (
     CaptioningPolicy,
     CaptionOutput,
+    caption_generation_config,
     captions_from_generated,
     captions_per_image,
-    check_generation_arguments,
     expect_tied_weights_unsaved,
     full_stop_token_ids,
     gather_token_log_probs,
@@ -288,24 +288,18 @@ class VLMPolicy(CaptioningPolicy, PreTrainedModel):
             :class:`CaptionOutput` with the caption ids (prompt excluded), mask, texts and stop flags.
         """
         inputs = self._prompt_inputs(pixel_values, image_embeds)
-        check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
         pad_token_id = self.tokenizer.pad_token_id
-        pad_token_id = pad_token_id if pad_token_id is not None else self.stop_token_ids[-1]
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
-        generation_config = GenerationConfig(
+        generation_config = caption_generation_config(
             max_new_tokens=max_new_tokens,
-            min_length=0,
             do_sample=do_sample,
             num_beams=num_beams,
             num_return_sequences=num_return_sequences,
-            eos_token_id=self.stop_token_ids,
-            pad_token_id=pad_token_id,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            length_penalty=1.0,
-            use_cache=True,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_token_ids=self.stop_token_ids,
+            pad_token_id=pad_token_id if pad_token_id is not None else self.stop_token_ids[-1],
             suppress_tokens=self.suppressed_token_ids or None,
-            **sampling,
         )
         with self.generation_mode():
             sequences = self.vlm.generate(**inputs, generation_config=generation_config)
