@@ -878,7 +878,7 @@ class DiscriTuneTrainer(Trainer):
 
 # (device type, precision) -> whether the one-pass step (log-probs from the decoding pass) measured faster than the
 # two-pass step there, with `benchmarks/throughput.py` (figures in docs/throughput.md). Unlisted: two-pass.
-# CPU fp32, full size, batch 16: the one-pass step took 1.9x the two-pass step's CPU time.
+# CPU fp32, full size: 1.9x the two-pass step's time at batch 16; at batch 100, 2x its wall time (8 GiB more memory).
 ONE_PASS_MEASURED_FASTER: dict[tuple[str, str], bool] = {("cpu", "fp32"): False}
 # The same for decoding with a static KV cache (compiled by `generate` on CUDA): not measured faster anywhere yet.
 STATIC_CACHE_MEASURED_FASTER: dict[tuple[str, str], bool] = {}
