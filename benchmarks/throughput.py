@@ -341,6 +341,12 @@ class StepTimes(TrainerCallback):
         self.timer, self.warmup_steps, self.times, self._last = timer, warmup_steps, [], None
         self.cpu_times, self._last_cpu = [], None
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._last is None:  # no warm-up step: time the first step from its start
+            self.timer.sync()
+            self.timer.seconds.clear()
+            self._last, self._last_cpu = time.perf_counter(), time.process_time()
+
     def on_step_end(self, args, state, control, **kwargs):
         self.timer.sync()
         now, now_cpu = time.perf_counter(), time.process_time()

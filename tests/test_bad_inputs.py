@@ -24,6 +24,7 @@ from discritune_trl.retrievers.open_clip_retriever import OpenCLIPRetriever
 from discritune_trl.scripts import train as train_script
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
 from discritune_trl.testing.retrievers import tiny_open_clip_retriever
+from discritune_trl.trainer import discritune_trainer
 from discritune_trl.utils.data import load_image_dataset
 
 
@@ -245,6 +246,18 @@ def test_fp16_on_a_cpu_says_it_trains_in_fp32(tmp_path, policy, reward_model, ca
         model=policy, reward_model=reward_model, args=config(tmp_path, fp16=True), train_dataset=image_dataset(4)
     )
     assert "fp16=True on a CPU" in caplog.text and "trains in fp32" in caplog.text
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path, policy, reward_model, caplog, monkeypatch, emulated):
+    if torch.cuda.is_available():
+        pytest.skip("bf16 runs on the GPU here")
+    monkeypatch.setattr(discritune_trainer, "cpu_emulates_bf16", lambda: emulated)
+    DiscriTuneTrainer(
+        model=policy, reward_model=reward_model, args=config(tmp_path, bf16=True), train_dataset=image_dataset(4)
+    )
+    assert ("without bf16 matrix instructions" in caplog.text) == emulated
+    assert ("bf16=False" in caplog.text) == emulated
 
 
 def test_batch_of_one_image_is_refused(tmp_path, policy, reward_model):

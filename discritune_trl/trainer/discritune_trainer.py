@@ -141,6 +141,12 @@ class DiscriTuneTrainer(Trainer):
                 "fp16=True on a CPU: Accelerate runs fp16 autocast and loss scaling on CUDA only, so this run trains "
                 "in fp32. Use bf16=True for mixed precision on a CPU."
             )
+        if args.bf16 and self.accelerator.device.type == "cpu" and cpu_emulates_bf16():
+            logger.warning(
+                "bf16=True on a CPU without bf16 matrix instructions (AVX512-BF16 or AMX): torch emulates bf16 matrix "
+                "products there, and a training step runs many times slower than in fp32 (docs/throughput.md "
+                "measures it). Train in fp32 (bf16=False) on this CPU."
+            )
         self.reward_model.to(self.accelerator.device).eval()
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
@@ -874,6 +880,15 @@ class DiscriTuneTrainer(Trainer):
             "" if pools.processes_per_pool == 1 else f", each over {pools.processes_per_pool} processes",
         )
         return pools
+
+
+def cpu_emulates_bf16() -> bool:
+    """Whether this x86 CPU lacks bf16 matrix instructions (AVX512-BF16 and AMX), so that torch emulates bf16 matrix
+    products in software. False where it cannot tell (other architectures, a torch without these checks)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is None for check in checks) or not getattr(torch.cpu, "_is_avx2_supported", lambda: False)():
+        return False  # not an x86 CPU torch can inspect
+    return not any(check() for check in checks)
 
 
 # (device type, precision) -> whether the one-pass step (log-probs from the decoding pass) measured faster than the
