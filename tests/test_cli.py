@@ -17,6 +17,8 @@ from PIL import Image
 from discritune_trl.models import load_policy
 from discritune_trl.models.blip import BlipPolicy
 from discritune_trl.models.vlm import VLMPolicy
+from discritune_trl.scripts import caption as caption_script
+from discritune_trl.scripts import evaluate as evaluate_script
 from discritune_trl.scripts.cli import main
 from discritune_trl.testing.blip import tiny_blip
 from discritune_trl.testing.clipcap import tiny_clipcap_policy
@@ -65,7 +67,7 @@ def test_train_picks_the_captioner_from_the_checkpoint(captioner, tmp_path, imag
             "--dataset_name", image_data, "--dataset_test_split", "",
             *retriever_flags(tmp_path), *lora,
             "--output_dir", str(output_dir),
-            "--max-steps", "1", "--per_device_train_batch_size", "4", "--max_new_tokens", "4",
+            "--max-steps", "1", "--per_device_train_batch_size", "4", "--max_completion_length", "4",
             "--report_to", "none", "--save_strategy", "no", "--use_cpu",
         ]
     )  # fmt: skip
@@ -111,7 +113,7 @@ def test_caption_a_folder_to_jsonl_and_a_dataset_to_csv(tmp_path, image_data):
     for index, image in enumerate(images(3, seed=1)):
         image.save(folder / f"{index}.png")
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
-    common = ["--model_name_or_path", str(tmp_path / "policy"), "--max_new_tokens", "4", "--num_beams", "2"]
+    common = ["--model_name_or_path", str(tmp_path / "policy"), "--max_completion_length", "4", "--num_beams", "2"]
     main(["caption", *common, "--dataset_name", str(tmp_path / "photos"), "--output_file", str(tmp_path / "c.jsonl")])
     rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert [row["file"] for row in rows] == [os.path.join("nested", f"{i}.png") for i in range(3)]
@@ -122,6 +124,21 @@ def test_caption_a_folder_to_jsonl_and_a_dataset_to_csv(tmp_path, image_data):
     with open(tmp_path / "c.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [row["index"] for row in table] == [str(i) for i in range(8)]
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate"])
+def test_caption_and_evaluate_take_trls_caption_length_and_the_old_name_with_a_warning(command):
+    module = caption_script if command == "caption" else evaluate_script
+    required = ["--model_name_or_path", "m", "--dataset_name", "d"] + (
+        ["--output_file", "c.jsonl"] if command == "caption" else ["--output_dir", "o"]
+    )
+    (args, *_) = module.parse_arguments([*required, "--max_completion_length", "7"])
+    assert args.max_completion_length == 7
+    with pytest.warns(FutureWarning, match="--max_completion_length=9"):
+        (args, *_) = module.parse_arguments([*required, "--max_new_tokens", "9"])
+    assert (args.max_completion_length, args.max_new_tokens) == (9, None)
+    with pytest.raises(ValueError, match="--max_new_tokens=9 \\(deprecated\\) and --max_completion_length=7 disagree"):
+        module.parse_arguments([*required, "--max_new_tokens", "9", "--max_completion_length", "7"])
 
 
 def test_world_info_and_env(tmp_path, capsys):
@@ -185,7 +202,7 @@ def test_console_script_from_a_non_editable_install(tmp_path, image_data):
     subprocess.run(
         [
             str(script), "caption", "--model_name_or_path", str(tmp_path / "out"), "--dataset_name", image_data,
-            "--dataset_test_split", "train", "--output_file", str(tmp_path / "c.jsonl"), "--max_new_tokens", "4",
+            "--dataset_test_split", "train", "--output_file", str(tmp_path / "c.jsonl"), "--max_completion_length", "4",
         ],
         **run,
     )  # fmt: skip

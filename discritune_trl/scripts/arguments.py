@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -83,6 +84,28 @@ def refuse_given(args: Any, names: tuple[str, ...] | list[str], reason: str) -> 
         default = item.default_factory() if item.default is MISSING else item.default
         if value != default:
             raise ValueError(f"--{item.name}={value!r} {reason}")
+
+
+CAPTION_LENGTH_HELP = "Longest caption, in tokens (TRL's name, as in `train`; `--max_new_tokens` is deprecated)."
+
+
+def map_deprecated_max_new_tokens(args: Any, default: int = 40) -> None:
+    """`--max_new_tokens` (the old name of `caption` and `evaluate`) onto `max_completion_length`, the name `train`
+    and `DiscriTuneConfig` use, with a FutureWarning; both given with different values is an error naming both."""
+    if args.max_new_tokens is None:
+        return
+    warnings.warn(
+        f"--max_new_tokens={args.max_new_tokens} is deprecated and will be removed in a later 0.x release; use "
+        f"--max_completion_length={args.max_new_tokens} (TRL's name, as in `discritune-trl train`).",
+        FutureWarning,
+        stacklevel=3,
+    )
+    if args.max_completion_length not in (default, args.max_new_tokens):
+        raise ValueError(
+            f"--max_new_tokens={args.max_new_tokens} (deprecated) and --max_completion_length="
+            f"{args.max_completion_length} disagree; give only --max_completion_length."
+        )
+    args.max_completion_length, args.max_new_tokens = args.max_new_tokens, None
 
 
 def lora_config(model_args: ModelConfig, policy_class: type[CaptioningPolicy]) -> LoraConfig | None:

@@ -22,6 +22,7 @@ from trl import TrlParser
 from ..evaluation import caption_images
 from ..models.auto import load_policy
 from ..utils.data import load_image_dataset
+from .arguments import CAPTION_LENGTH_HELP, map_deprecated_max_new_tokens
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -39,10 +40,14 @@ class CaptionArguments:
     dataset_test_split: str = field(default="test", metadata={"help": "The split to caption (not for a folder)."})
     image_column: str = field(default="image", metadata={"help": "The image column of a dataset."})
     num_beams: int = field(default=5, metadata={"help": "Beams for decoding (1: greedy)."})
-    max_new_tokens: int = field(default=40, metadata={"help": "Longest caption, in tokens."})
+    max_completion_length: int = field(default=40, metadata={"help": CAPTION_LENGTH_HELP})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Deprecated: use --max_completion_length."})
     batch_size: int = field(default=16, metadata={"help": "Images per generate call."})
     device: str = field(default="cpu", metadata={"help": "torch device to caption on."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+
+    def __post_init__(self):
+        map_deprecated_max_new_tokens(self)
 
 
 def image_files(folder: str) -> list[str]:
@@ -99,7 +104,7 @@ def main(args: CaptionArguments) -> list[str]:
         dataset,
         batch_size=args.batch_size,
         num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_completion_length,
         image_column=args.image_column,
         disable_tqdm=args.disable_tqdm,
     )

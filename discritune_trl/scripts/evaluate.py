@@ -41,7 +41,13 @@ from ..models.auto import load_policy
 from ..models.policy import CaptioningPolicy
 from ..utils.data import load_image_dataset
 from ..utils.progress import datasets_progress_bars
-from .arguments import RetrieverArguments, build_retriever, resolve_class
+from .arguments import (
+    CAPTION_LENGTH_HELP,
+    RetrieverArguments,
+    build_retriever,
+    map_deprecated_max_new_tokens,
+    resolve_class,
+)
 
 
 @dataclass
@@ -70,7 +76,8 @@ class EvaluationArguments:
     image_column: str = field(default="image")
     captions_column: str = field(default="captions", metadata={"help": "Reference captions (list of strings)."})
     num_beams: int = field(default=5, metadata={"help": "Beams for test-time decoding (the paper uses 5)."})
-    max_new_tokens: int = field(default=40)
+    max_completion_length: int = field(default=40, metadata={"help": CAPTION_LENGTH_HELP})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Deprecated: use --max_completion_length."})
     batch_size: int = field(default=32)
     num_candidates: int = field(
         default=100,
@@ -89,6 +96,9 @@ class EvaluationArguments:
     )
     device: str = field(default="cpu")
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars (captioning, encoding)."})
+
+    def __post_init__(self):
+        map_deprecated_max_new_tokens(self)
 
 
 def load_evaluation_policy(path: str, policy_class: str) -> CaptioningPolicy:
@@ -151,7 +161,7 @@ def _evaluate(args: EvaluationArguments, retriever_args: RetrieverArguments | No
                 dataset,
                 batch_size=args.batch_size,
                 num_beams=args.num_beams,
-                max_new_tokens=args.max_new_tokens,
+                max_new_tokens=args.max_completion_length,
                 image_column=args.image_column,
                 disable_tqdm=args.disable_tqdm,
             )
