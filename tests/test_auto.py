@@ -71,6 +71,7 @@ def test_lora_adapters_saved_by_the_trainer_load_onto_their_base(tmp_path):
     )
     card = (tmp_path / "lora" / "README.md").read_text()
     assert "(ClipCapPolicy) with LoRA adapters" in card and f'load_policy("{tmp_path / "lora"}")' in card
+    assert "pipeline_tag" not in card and "pipeline(" not in card  # an adapter folder is not a pipeline model
 
 
 def test_folders_load_policy_cannot_read_say_what_to_do(tmp_path):

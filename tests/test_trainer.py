@@ -294,6 +294,7 @@ def test_save_model_writes_a_loadable_policy_and_a_model_card(tmp_path):
     card = open(os.path.join(out, "README.md")).read()
     assert "DiscriTune" in card and "dessi2023discritune" in card and '"baseline": "mean"' in card
     assert "base_model" not in card and "No evaluation was run." in card  # a local policy: no Hub base model
+    assert "pipeline_tag: image-text-to-text\n" in card and f'pipeline("image-text-to-text", model="{out}")' in card
     loaded = ClipCapPolicy.from_pretrained(out)
     pixels = trainer.model.preprocess(random_images(3, seed=5))
     original = trainer.model.generate_captions(pixel_values=pixels, max_new_tokens=6)

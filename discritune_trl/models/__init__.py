@@ -8,7 +8,7 @@ A captioner author needs `CaptioningPolicy`, `CaptionOutput`, the decoding helpe
 
 from .auto import POLICY_MAPPING, load_policy, register_policy
 from .blip import BlipPolicy, BlipPolicyConfig
-from .clipcap import ClipCapConfig, ClipCapPolicy
+from .clipcap import ClipCapConfig, ClipCapPolicy, ClipCapProcessor
 from .hf_captioner import CaptionerFamily, HFCaptionerConfig, HFCaptionerPolicy
 from .policy import (
     CaptioningPolicy,
@@ -34,6 +34,7 @@ __all__ = [
     "CaptioningPolicy",
     "ClipCapConfig",
     "ClipCapPolicy",
+    "ClipCapProcessor",
     "HFCaptionerConfig",
     "HFCaptionerPolicy",
     "VLMPolicy",

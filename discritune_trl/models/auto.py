@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, PreTrainedConfig
+from transformers import pipelines as transformers_pipelines
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers.pipelines import PIPELINE_REGISTRY, ImageTextToTextPipeline
 from transformers.utils import cached_file
 
 from .blip import BlipPolicy, BlipPolicyConfig
-from .clipcap import ClipCapConfig, ClipCapPolicy
+from .clipcap import ClipCapConfig, ClipCapPolicy, ClipCapProcessor
 from .hf_captioner import HFCaptionerConfig, HFCaptionerPolicy
 from .policy import CaptioningPolicy
 from .vlm import VLMPolicy, VLMPolicyConfig
@@ -75,6 +78,32 @@ for _config_class, _policy_class in (
     (VLMPolicyConfig, VLMPolicy),
 ):
     register_policy(_config_class, _policy_class)
+
+
+def _register_clipcap_pipeline() -> None:
+    """Let transformers' `image-text-to-text` pipeline (where `pipeline("image-to-text")` leads) load and run a saved
+    ClipCap: the model through `AutoModelForImageTextToText`, `ClipCapProcessor` through `AutoProcessor`.
+
+    The pipeline checks the model's class name against `MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES` (and logs an
+    error for any other), so the name is added there too; transformers' own lookups skip model types it does not
+    know. Where transformers has no `image-to-text` task at all (before 5.2x redirected it to
+    `image-text-to-text`), the task is registered as that redirect, so the same call works on every supported version.
+    """
+    AutoModelForImageTextToText.register(ClipCapConfig, ClipCapPolicy, exist_ok=True)
+    AutoProcessor.register(ClipCapConfig, ClipCapProcessor, exist_ok=True)
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.setdefault(ClipCapConfig.model_type, ClipCapPolicy.__name__)
+    if "image-to-text" not in PIPELINE_REGISTRY.get_supported_tasks() and not hasattr(
+        transformers_pipelines, "_resolve_deprecated_task"
+    ):
+        PIPELINE_REGISTRY.register_pipeline(
+            "image-to-text",
+            pipeline_class=ImageTextToTextPipeline,
+            pt_model=AutoModelForImageTextToText,
+            type="multimodal",
+        )
+
+
+_register_clipcap_pipeline()
 
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"

@@ -406,6 +406,24 @@ def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
 
 
+@contextlib.contextmanager
+def masked_decoding(language_model: nn.Module) -> Iterator[None]:
+    """Hide `language_model.config.pad_token_id` while `generate` runs with an attention mask of our own.
+
+    transformers' `generate` drops an attention mask of all ones (no padding: faster attention), and GPT-2 then
+    guesses from its config's `pad_token_id` whether the ids it sees are padded: the first decoded token equal to it
+    prints "We strongly recommend passing in an `attention_mask`". Where the mask is ours the guess is wrong, so it is
+    switched off; decoding reads the pad token from the generation settings, which always pass one.
+    """
+    config = language_model.config
+    pad_token_id = config.pad_token_id
+    config.pad_token_id = None
+    try:
+        yield
+    finally:
+        config.pad_token_id = pad_token_id
+
+
 _FSDP_REGISTERED = "_discritune_fsdp_forward_methods"  # set on a model once its methods are registered
 
 

@@ -151,6 +151,20 @@ def _hub_id(name: str | None) -> str | None:
     return name
 
 
+PIPELINE_USAGE = """
+Or with transformers' pipeline (`import discritune_trl` registers ClipCap with it; `text=""` is plain captioning, a
+prompt is continued):
+
+```python
+import discritune_trl
+from transformers import pipeline
+
+captioner = pipeline("image-text-to-text", model="{repo_id}")
+caption = captioner(image, text="")[0]["generated_text"]
+```
+"""
+
+
 def write_model_card(
     trainer,
     output_dir: str | None = None,
@@ -176,9 +190,12 @@ def write_model_card(
     final_metrics.update(metrics or {})
     dataset_name = dataset_name or getattr(trainer, "dataset_name", None)
     dataset_line, dataset_hub_id = describe_dataset(trainer.train_dataset, dataset_name)
-    # No pipeline_tag: transformers' image-to-text pipeline cannot load a policy folder (see docs/trainer.md).
+    # A full ClipCap folder runs in transformers' image-text-to-text pipeline (ClipCapProcessor, ClipCapPolicy.generate);
+    # other policies' folders and LoRA adapter folders do not, so they carry no pipeline_tag (see docs/trainer.md).
+    pipeline_ready = getattr(getattr(base_policy, "config", None), "model_type", None) == "clipcap" and not adapters
     card_data = ModelCardData(
         library_name="discritune-trl",
+        pipeline_tag="image-text-to-text" if pipeline_ready else None,
         tags=run_tags(trainer, base_policy, adapters, tags),
         base_model=_hub_id(_name_or_path(base_policy)),
         datasets=[dataset_hub_id] if dataset_hub_id else None,
@@ -238,7 +255,7 @@ from discritune_trl.models.auto import load_policy
 policy = load_policy("{repo_id}")  # {"the base policy with the adapters applied (a peft.PeftModel)" if adapters else type(policy).__name__}
 captions = policy.generate_captions(pixel_values=policy.preprocess(images), num_beams=5).texts
 ```
-
+{PIPELINE_USAGE.format(repo_id=repo_id) if pipeline_ready else ""}
 ## Framework versions
 
 {versions}

@@ -7,16 +7,16 @@ frozen, so its output (`image_embeds`) can be computed once per image and passed
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import open_clip
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, DynamicCache, GPT2LMHeadModel, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, DynamicCache, GenerationConfig, GPT2LMHeadModel, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import logging
 
@@ -31,9 +31,11 @@ from ..policy import (
     expect_tied_weights_unsaved,
     full_stop_token_ids,
     hub_kwargs,
+    masked_decoding,
 )
 from .configuration_clipcap import ClipCapConfig
 from .mappers import build_mapper
+from .processing_clipcap import clipcap_image_transform
 
 
 logger = logging.get_logger(__name__)
@@ -82,18 +84,13 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         self.visual = clip_model.visual
         self.mapper = build_mapper(config)
         self.language_model = GPT2LMHeadModel(config.text_config)
-        preprocess_cfg = config.clip_preprocess_cfg
-        self.image_transform = open_clip.image_transform(
-            preprocess_cfg["size"],
-            is_train=False,
-            mean=tuple(preprocess_cfg["mean"]),
-            std=tuple(preprocess_cfg["std"]),
-            interpolation=preprocess_cfg.get("interpolation", "bicubic"),
-            resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
-        )
+        self.image_transform = clipcap_image_transform(config.clip_preprocess_cfg)
         self.tokenizer = tokenizer
         self._stop_token_ids: list[int] | None = None
         self.post_init()
+        # What `generate` (transformers' pipelines) decodes with unless told otherwise: the paper's evaluation decoding,
+        # as `caption_images`. Saved as generation_config.json; stop tokens and padding come from the tokenizer.
+        self.generation_config = GenerationConfig(num_beams=5, max_new_tokens=40)
         expect_tied_weights_unsaved(self)
         self.apply_freezing()
 
@@ -182,7 +179,8 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, tokenizer: Any | None = None, **kwargs: Any
     ) -> ClipCapPolicy:
-        """`PreTrainedModel.from_pretrained`, plus the tokenizer saved next to the weights (or `tokenizer`).
+        """`PreTrainedModel.from_pretrained`, plus the tokenizer saved next to the weights (or `tokenizer`) and the
+        `generation_config.json` that `generate` (and transformers' pipelines) decode with.
 
         The frozen encoder's weights are part of `model.safetensors` and its architecture and image transform are in
         `config.json`, so a saved folder is self-contained.
@@ -197,6 +195,10 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
                     "to decode captions."
                 )
         model.tokenizer = tokenizer
+        try:  # what `generate` and the pipelines decode with (transformers loads it only for GenerationMixin models)
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs(kwargs))
+        except OSError:
+            pass  # a folder saved before ClipCap had a generation config: the defaults set in __init__
         model.apply_freezing()
         return model
 
@@ -378,7 +380,7 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         self._check_generation_arguments(max_new_tokens, do_sample, num_beams, num_return_sequences)
         stop_token_ids = self.stop_token_ids
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
-        with self.generation_mode():
+        with self.generation_mode(), masked_decoding(self.language_model):
             prefix = self.prefix_embeds(self._image_embeds(pixel_values, image_embeds))  # [B, P, E]
             generated = self.language_model.generate(
                 inputs_embeds=prefix,
@@ -394,6 +396,80 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
                 **sampling,
             )  # [B * G, T] new tokens only (no prompt ids when generating from inputs_embeds)
         return captions_from_generated(generated, stop_token_ids, self.pad_token_id, self.tokenizer)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """`generate` follows transformers' contract, so pipelines and `generation_config` work with ClipCap."""
+        return True
+
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        **kwargs: Any,
+    ) -> torch.LongTensor | Any:
+        """transformers' `generate` contract (what the `image-text-to-text` pipeline calls, with `ClipCapProcessor`'s
+        output): caption the images after an optional text prompt and return the prompt ids followed by the new ids.
+
+        `generate_captions` is the DiscriTune interface (masks, stop flags, texts); this is the same decoding behind
+        transformers' conventions. Decoding follows `generation_config` (default `self.generation_config`: beam search
+        with 5 beams and at most 40 new tokens, the paper's evaluation decoding, saved as `generation_config.json`)
+        updated by `kwargs`. As in `generate_captions`, every row stops at its first full stop or EOS unless the
+        config sets `eos_token_id`. Without a prompt, the new ids are `generate_captions(...)`'s with the same settings.
+
+        Args:
+            pixel_values: `[B, 3, H, W]` images (`ClipCapProcessor` / `preprocess`), or
+            image_embeds: `[B, D]` their `encode_images` output.
+            input_ids: `[B, L]` prompt ids, left-padded (`[B, 0]` or `None`: no prompt).
+            attention_mask: `[B, L]` 1 for prompt tokens, 0 for padding.
+            generation_config: replaces `self.generation_config`.
+            kwargs: generation settings (`max_new_tokens`, `num_beams`, `do_sample`, ...), on top of the config.
+
+        Returns:
+            `[B * num_return_sequences, L + T]` ids (or transformers' generate output with those `sequences`, when
+            `return_dict_in_generate=True`).
+
+        Raises:
+            TypeError: for keyword arguments that are not generation settings.
+            ValueError: if `input_ids` has another batch size than the images.
+        """
+        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        unused = config.update(**kwargs)
+        if unused:
+            raise TypeError(f"ClipCapPolicy.generate got {sorted(unused)}, which are not generation settings.")
+        if config.eos_token_id is None:
+            config.eos_token_id = self.stop_token_ids
+        if config.pad_token_id is None:
+            config.pad_token_id = self.pad_token_id
+        config.use_cache = True
+        return_sequences = config.num_return_sequences or 1  # transformers 5.2x leaves unset fields None
+        if config.max_new_tokens is not None:
+            self._check_generation_arguments(
+                config.max_new_tokens, bool(config.do_sample), config.num_beams or 1, return_sequences
+            )
+        with self.generation_mode(), masked_decoding(self.language_model):
+            prefix = self.image_conditioning(pixel_values, image_embeds)  # [B, P, E]
+            batch, device = prefix.shape[0], prefix.device
+            if input_ids is None:
+                input_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+            if input_ids.shape[0] != batch:
+                raise ValueError(f"input_ids has {input_ids.shape[0]} rows for {batch} images: one prompt per image.")
+            input_ids = input_ids.to(device)
+            attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+            prompt_embeds = self.language_model.get_input_embeddings()(input_ids).to(prefix.dtype)  # [B, L, E]
+            output = self.language_model.generate(
+                inputs_embeds=torch.cat([prefix, prompt_embeds], dim=1),
+                attention_mask=torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1),
+                generation_config=config,
+            )  # new ids only (generating from inputs_embeds)
+        prompts = input_ids.repeat_interleave(return_sequences, dim=0)
+        if isinstance(output, torch.Tensor):
+            return torch.cat([prompts, output], dim=1)
+        output.sequences = torch.cat([prompts, output.sequences], dim=1)
+        return output
 
     def _check_generation_arguments(
         self, max_new_tokens: int, do_sample: bool, num_beams: int, num_return_sequences: int
