@@ -61,6 +61,27 @@ def test_the_pipeline_captions_a_saved_clipcap_as_caption_images_does(saved, mon
         assert outputs == expected
 
 
+def test_pipeline_captions_end_at_the_first_full_stop_whatever_eos_the_saved_config_names(tmp_path):
+    """Trainer aligns the saved generation config's `eos_token_id` with the tokenizer's EOS; a ClipCap caption still
+    ends at its first full stop. The policy is taught "a red circle ." (and nothing after it) so that it stops."""
+    policy = tiny_clipcap_policy(seed=3).train()
+    pixels = policy.preprocess(random_images(4, seed=4))
+    ids = policy.tokenizer(["a red circle ."] * 4, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        policy(pixel_values=pixels, input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    policy.eval()
+    expected = policy.generate_captions(pixels, num_beams=5, max_new_tokens=40)
+    assert expected.texts == ["a red circle."] * 4 and expected.stopped.all()
+    policy.generation_config.eos_token_id = policy.tokenizer.eos_token_id  # what Trainer's token alignment saves
+    policy.save_pretrained(tmp_path)
+    captioner = pipeline("image-text-to-text", model=str(tmp_path))
+    images = random_images(4, seed=4)
+    assert [captioner(image, text="")[0]["generated_text"] for image in images] == expected.texts
+
+
 def test_the_saved_generation_config_sets_the_pipelines_decoding(saved, tmp_path):
     policy, _ = saved
     policy.generation_config.max_new_tokens = 2

@@ -417,8 +417,9 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         `generate_captions` is the DiscriTune interface (masks, stop flags, texts); this is the same decoding behind
         transformers' conventions. Decoding follows `generation_config` (default `self.generation_config`: beam search
         with 5 beams and at most 40 new tokens, the paper's evaluation decoding, saved as `generation_config.json`)
-        updated by `kwargs`. As in `generate_captions`, every row stops at its first full stop or EOS unless the
-        config sets `eos_token_id`. Without a prompt, the new ids are `generate_captions(...)`'s with the same settings.
+        updated by `kwargs`. As in `generate_captions`, every row stops at its first full stop or EOS (or at an
+        `eos_token_id` the config adds). Without a prompt, the new ids are `generate_captions(...)`'s with the same
+        settings.
 
         Args:
             pixel_values: `[B, 3, H, W]` images (`ClipCapProcessor` / `preprocess`), or
@@ -440,8 +441,10 @@ class ClipCapPolicy(CaptioningPolicy, PreTrainedModel):
         unused = config.update(**kwargs)
         if unused:
             raise TypeError(f"ClipCapPolicy.generate got {sorted(unused)}, which are not generation settings.")
-        if config.eos_token_id is None:
-            config.eos_token_id = self.stop_token_ids
+        # A ClipCap caption ends at its first full stop, whatever EOS the config names (Trainer aligns the saved
+        # generation config's eos_token_id with the tokenizer's EOS): the config's ids are added to the stop tokens.
+        configured = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        config.eos_token_id = list(dict.fromkeys([*self.stop_token_ids, *(i for i in configured if i is not None)]))
         if config.pad_token_id is None:
             config.pad_token_id = self.pad_token_id
         config.use_cache = True
