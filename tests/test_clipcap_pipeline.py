@@ -44,6 +44,8 @@ def test_prompts_are_left_padded_one_per_image(saved):
         processor(images=random_images(2), text=["a", "b", "c"])
     with pytest.raises(TypeError, match="return_offsets"):
         processor(images=random_images(1), text="", return_offsets=True)
+    with pytest.raises(TypeError, match=r"\['num_beams'\] are generation settings.*generate_kwargs=\{'num_beams'"):
+        processor(images=random_images(1), text="", num_beams=1)  # what pipeline(..)(image, text="", num_beams=1) does
 
 
 def test_the_pipeline_captions_a_saved_clipcap_as_caption_images_does(saved, monkeypatch):
@@ -93,7 +95,11 @@ def test_the_saved_generation_config_sets_the_pipelines_decoding(saved, tmp_path
     assert json.loads((tmp_path / "generation_config.json").read_text())["max_new_tokens"] == 2
     image = random_images(1, seed=5)[0]
     expected = policy.generate_captions(policy.preprocess([image]), max_new_tokens=2).texts
-    assert pipeline("image-text-to-text", model=str(tmp_path))(image, text="")[0]["generated_text"] == expected[0]
+    captioner = pipeline("image-text-to-text", model=str(tmp_path))
+    assert captioner(image, text="")[0]["generated_text"] == expected[0]
+    longer = policy.generate_captions(policy.preprocess([image]), max_new_tokens=4, num_beams=2).texts
+    overridden = captioner(image, text="", max_new_tokens=4, generate_kwargs={"num_beams": 2})
+    assert overridden[0]["generated_text"] == longer[0]
 
 
 def test_generate_continues_a_prompt_as_greedy_decoding_would(saved):

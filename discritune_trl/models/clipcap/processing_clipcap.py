@@ -15,7 +15,7 @@ from typing import Any
 import open_clip
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, GenerationConfig, ProcessorMixin
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ...utils.images import to_rgb
@@ -157,6 +157,13 @@ class ClipCapProcessor(ProcessorMixin):
             TypeError: for other keyword arguments.
         """
         unknown = sorted(set(kwargs) - {"padding", "truncation", "max_length", "padding_side"})
+        generation = [name for name in unknown if hasattr(GenerationConfig(), name)]
+        if generation:
+            raise TypeError(
+                f"{generation} are generation settings, not processor arguments: give them to the pipeline call as "
+                f"generate_kwargs={{{', '.join(f'{name!r}: ...' for name in generation)}}} (only max_new_tokens is "
+                "taken directly), or to ClipCapPolicy.generate."
+            )
         if unknown:
             raise TypeError(f"ClipCapProcessor takes no {unknown}.")
         if images is None:
